@@ -1,0 +1,217 @@
+"""vLLM's AsyncLLM in this process, behind the Engine protocol. Shared by the cpu and hpu backends.
+
+The backend modules decide the engine arguments and environment; this module only runs the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from backends.base import (
+    CompletionDelta,
+    EngineDeadError,
+    EngineNotReadyError,
+    EngineStats,
+    GenerateRequest,
+    InvalidRequestError,
+    ModelInfo,
+    SamplingOptions,
+    StepOutput,
+    TokenLogprob,
+)
+
+logger = logging.getLogger("engine_server.vllm")
+
+
+class VllmEngine:
+    def __init__(
+        self,
+        backend: str,
+        resolve_model: Callable[[], str],
+        engine_args: dict[str, Any],
+        env: dict[str, str],
+    ) -> None:
+        self.backend = backend
+        self._resolve_model = resolve_model
+        self._engine_args = engine_args
+        self._env = env
+        self._llm: Any = None
+        self._tokenizer: Any = None
+        self._scheduler_stats: Any = None
+
+    async def start(self) -> ModelInfo:
+        # vLLM reads its settings from the environment of this process and of the engine-core child it spawns.
+        os.environ.update(self._env)
+        model = await asyncio.to_thread(self._resolve_model)
+        self._llm = await asyncio.to_thread(self._build, model)
+        self._tokenizer = self._llm.get_tokenizer()
+        import vllm
+
+        config = self._llm.model_config
+        return ModelInfo(
+            name=model, max_model_len=config.max_model_len, backend=self.backend, engine_version=vllm.__version__
+        )
+
+    def _build(self, model: str) -> Any:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        engine = self
+
+        class SchedulerStatsKeeper(StatLoggerBase):
+            """Keeps the engine's latest scheduler figures for /metrics and stats()."""
+
+            def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+                pass
+
+            def record(self, scheduler_stats: Any, iteration_stats: Any, *args: Any, **kwargs: Any) -> None:
+                if scheduler_stats is not None:
+                    engine._scheduler_stats = scheduler_stats
+
+            def log_engine_initialized(self) -> None:
+                pass
+
+        args = AsyncEngineArgs(model=model, disable_log_stats=False, **self._engine_args)
+        logger.info("starting the vLLM engine: %s", {"model": model, **self._engine_args})
+        return AsyncLLM.from_engine_args(args, stat_loggers=[SchedulerStatsKeeper])
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[StepOutput]:
+        if self._llm is None:
+            raise EngineNotReadyError("the engine is still starting")
+        from vllm.exceptions import VLLMClientError
+        from vllm.inputs import TokensPrompt
+        from vllm.v1.engine.exceptions import EngineDeadError as VllmDeadError
+
+        params = self._sampling_params(request.sampling)
+        prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
+        try:
+            async for out in self._llm.generate(prompt, params, request.request_id):
+                yield StepOutput(
+                    num_prompt_tokens=len(out.prompt_token_ids or ()),
+                    deltas=[self._delta(c) for c in out.outputs],
+                    finished=out.finished,
+                )
+        except VllmDeadError as exc:
+            raise EngineDeadError(str(exc) or "the vLLM engine died") from exc
+        except (VLLMClientError, ValueError) as exc:
+            raise InvalidRequestError(str(exc)) from exc
+
+    def _sampling_params(self, s: SamplingOptions) -> Any:
+        from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+
+        structured = None
+        if s.json_schema is not None:
+            structured = StructuredOutputsParams(json=s.json_schema)
+        elif s.json_object:
+            structured = StructuredOutputsParams(json_object=True)
+        return SamplingParams(
+            n=s.n,
+            max_tokens=s.max_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            min_p=s.min_p,
+            repetition_penalty=s.repetition_penalty,
+            frequency_penalty=s.frequency_penalty,
+            presence_penalty=s.presence_penalty,
+            seed=s.seed,
+            stop=list(s.stop) or None,
+            stop_token_ids=list(s.stop_token_ids) or None,
+            logprobs=s.logprobs,
+            ignore_eos=s.ignore_eos,
+            min_tokens=s.min_tokens,
+            skip_special_tokens=s.skip_special_tokens,
+            structured_outputs=structured,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    def _delta(self, c: Any) -> CompletionDelta:
+        logprobs = None
+        if c.logprobs is not None:
+            logprobs = [self._token_logprob(token_id, position) for token_id, position in zip(c.token_ids, c.logprobs)]
+        finish = c.finish_reason if c.finish_reason in ("stop", "length", "abort") else None
+        return CompletionDelta(
+            index=c.index, text=c.text, num_tokens=len(c.token_ids), logprobs=logprobs, finish_reason=finish
+        )
+
+    def _token_logprob(self, token_id: int, position: dict[int, Any]) -> TokenLogprob:
+        chosen = position[token_id]
+        ranked = sorted(((lp.rank or 0, tid, lp) for tid, lp in position.items() if lp.rank), key=lambda t: t[0])
+        top = tuple((self._token_text(tid, lp), lp.logprob) for rank, tid, lp in ranked if rank >= 1)
+        return TokenLogprob(token=self._token_text(token_id, chosen), logprob=chosen.logprob, top=top)
+
+    def _token_text(self, token_id: int, lp: Any) -> str:
+        if lp.decoded_token is not None:
+            return str(lp.decoded_token)
+        return str(self._tokenizer.decode([token_id]))
+
+    async def abort(self, request_id: str) -> None:
+        if self._llm is not None:
+            await self._llm.abort(request_id)
+
+    async def check_health(self) -> None:
+        if self._llm is None:
+            raise EngineNotReadyError("the engine is still starting")
+        if self._llm.errored:
+            raise EngineDeadError(str(self._llm.dead_error))
+
+    def stats(self) -> EngineStats:
+        if self._llm is None:
+            return EngineStats(num_running=0, num_waiting=0)
+        s = self._scheduler_stats
+        unfinished = self._llm.get_num_unfinished_requests()
+        waiting = s.num_waiting_reqs if s is not None else 0
+        return EngineStats(
+            num_running=max(unfinished - waiting, 0) if unfinished else 0,
+            num_waiting=min(waiting, unfinished),
+            kv_cache_usage=s.kv_cache_usage if s is not None else 0.0,
+        )
+
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        chat_template: str | None = None,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> str:
+        return render_chat(self._tokenizer, messages, chat_template, template_kwargs)
+
+    async def shutdown(self) -> None:
+        if self._llm is not None:
+            llm, self._llm = self._llm, None
+            await asyncio.to_thread(llm.shutdown)
+
+
+def render_chat(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    chat_template: str | None,
+    template_kwargs: dict[str, Any] | None,
+) -> str:
+    """Apply a Hugging Face chat template; template errors are the request's fault."""
+    kwargs = dict(template_kwargs or {})
+    add_generation_prompt = kwargs.pop("add_generation_prompt", True)
+    if chat_template is None and not getattr(tokenizer, "chat_template", None):
+        raise InvalidRequestError(
+            "This model has no chat template: send 'messages' as a string (raw prompt), use /v1/completions, "
+            "or pass 'chat_template'.",
+            param="messages",
+        )
+    try:
+        text = tokenizer.apply_chat_template(
+            messages,
+            chat_template=chat_template,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            **kwargs,
+        )
+    except Exception as exc:  # a Jinja template is user code: any failure is the request's
+        raise InvalidRequestError(f"The chat template failed on these messages: {exc}", param="messages") from exc
+    return str(text)

@@ -1,0 +1,87 @@
+"""The `engine-server` command: flags and environment variables into one Config, then serve or prepare."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from backends import BackendUnavailableError
+from engine_server.config import Config, ConfigError, default_of, flag_of, option_fields, parse_value, values_from_env
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="engine-server",
+        description="OpenAI-compatible LLM server with the inference engine in the same process. "
+        "Every option can also be set by the environment variables shown; a flag wins over the environment.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "command",
+        nargs="?",
+        choices=("serve", "prepare"),
+        default="serve",
+        help="serve (default): start the server. prepare: download or convert the model into the cache and exit.",
+    )
+    for f in option_fields():
+        env = f.metadata["env"]
+        default = default_of(f)
+        shown = "" if default is None else f" Default: {default}."
+        help_text = f"{f.metadata['help']}{shown} [env: {', '.join(env)}]" if env else f.metadata["help"]
+        kind = str(f.type)
+        if "bool" in kind:
+            parser.add_argument(flag_of(f), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+        else:
+            parser.add_argument(flag_of(f), dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
+    return parser
+
+
+def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> tuple[str, Config]:
+    """Parse flags over environment over defaults; returns the command and the validated Config."""
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = values_from_env(os.environ if environ is None else environ)
+    for f in option_fields():
+        raw = getattr(args, f.name)
+        if raw is None:
+            continue
+        values[f.name] = raw if isinstance(raw, bool) else parse_value(f, raw)
+    return args.command, Config(**values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        command, config = load_config(argv)
+        if command == "prepare":
+            return _prepare(config)
+        from engine_server.server import serve
+
+        return serve(config)
+    except ConfigError as exc:
+        print(f"engine-server: error: {exc}", file=sys.stderr)
+        return 2
+    except BackendUnavailableError as exc:
+        print(f"engine-server: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _prepare(config: Config) -> int:
+    from engine_server import models
+    from engine_server.server import configure_logging
+
+    configure_logging(config.log_level)
+    fmt = "openvino" if config.hw_mode == "openvino" else "hf"
+    try:
+        path = models.resolve(config, fmt)
+    except models.ModelUnavailableError as exc:
+        print(f"engine-server: error: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

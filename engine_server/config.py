@@ -1,0 +1,216 @@
+"""One frozen configuration, built once from CLI flags and environment variables.
+
+Each field's metadata names its flag, the environment variables it reads (first set one wins) and its help text,
+so the CLI, the README table and the validation all come from this one place.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+HW_MODES = ("cpu", "hpu", "openvino")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_MODEL_NAME = "gemma-3-270m"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or has a value the server cannot use."""
+
+
+class Secret(str):
+    """A string that never shows its value in repr(), str() or f-strings; use .reveal()."""
+
+    def reveal(self) -> str:
+        return str.__str__(self)
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+    __format__ = lambda self, spec: repr(self)  # noqa: E731
+
+
+def option(default: Any, help: str, env: tuple[str, ...] = (), flag: str | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "env": env, "flag": flag})
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "engine-server"
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str | None = option(
+        None,
+        "Model to serve: a local directory or a Hugging Face hub id. Unset: the built-in default "
+        f"model ({DEFAULT_MODEL_NAME}), prepared offline on first use.",
+        env=("LLM_MODEL", "LLM_MODEL_ID", "ENGINE_SERVER_MODEL"),
+    )
+    served_model_name: str | None = option(
+        None,
+        "Model name reported by the API (default: the default model's name, or the model's last path part).",
+        env=("ENGINE_SERVER_SERVED_MODEL_NAME",),
+    )
+    strict_model_name: bool = option(
+        False,
+        "Answer 404 to requests whose 'model' is not the served name. Off: any name is served by the one "
+        "loaded model and the response's 'model' field says which.",
+        env=("ENGINE_SERVER_STRICT_MODEL_NAME",),
+    )
+    host: str = option("0.0.0.0", "Address to listen on.", env=("ENGINE_SERVER_HOST",))
+    port: int = option(9000, "Port to listen on.", env=("ENGINE_SERVER_PORT",))
+    hw_mode: str = option(
+        "cpu", f"Engine backend: one of {', '.join(HW_MODES)}.", env=("HW_MODE", "ENGINE_SERVER_HW_MODE")
+    )
+    dtype: str = option(
+        "auto",
+        "Weight and activation dtype: auto, float32, bfloat16, float16. auto on CPU picks bfloat16 only where "
+        "the CPU computes it natively (AVX512-BF16 or AMX) and float32 elsewhere, which is faster there.",
+        env=("ENGINE_SERVER_DTYPE",),
+    )
+    max_model_len: int | None = option(
+        None, "Context length (prompt + output tokens); default: the model's.", env=("MAX_MODEL_LEN",)
+    )
+    kv_cache_space: float | None = option(
+        None,
+        "KV-cache size in GiB (vLLM CPU). Default: vLLM's.",
+        env=("VLLM_CPU_KVCACHE_SPACE",),
+        flag="--kv-cache-space",
+    )
+    block_size: int | None = option(
+        None, "KV-cache block size in tokens (default: the backend's; 128 on Gaudi).", env=("BLOCK_SIZE",)
+    )
+    max_num_seqs: int | None = option(
+        None, "Most sequences the engine runs at once (default: the backend's; 256 on Gaudi).", env=("MAX_NUM_SEQS",)
+    )
+    max_num_batched_tokens: int | None = option(
+        None, "Most tokens the engine schedules per step (default: the backend's).", env=("MAX_NUM_BATCHED_TOKENS",)
+    )
+    enable_prefix_caching: bool = option(
+        True, "Reuse the KV cache of shared prompt prefixes.", env=("ENABLE_PREFIX_CACHING",)
+    )
+    enable_chunked_prefill: bool | None = option(
+        None, "Split long prompts over several steps (default: the backend's).", env=("ENABLE_CHUNKED_PREFILL",)
+    )
+    enforce_eager: bool | None = option(
+        None,
+        "Run the model without graph compilation. Default: on for cpu (starts in half the time, same speed), "
+        "off for hpu (graphs give ~3x throughput on Gaudi).",
+        env=("ENFORCE_EAGER",),
+    )
+    parallel_number: int = option(
+        1, "Tensor-parallel size: the number of cards (hpu) the model is split over.", env=("PARALLEL_NUMBER",)
+    )
+    max_seq_len_to_capture: int | None = option(
+        None, "Longest sequence covered by graphs (hpu; see the Gaudi notes).", env=("MAX_SEQ_LEN_TO_CAPTURE",)
+    )
+    trust_remote_code: bool = option(
+        False, "Allow a model's own Python code from the hub to run.", env=("TRUST_REMOTE_CODE",)
+    )
+    chat_template: str | None = option(
+        None, "Chat template (Jinja text or a file path) used instead of the model's.", env=("CHAT_TEMPLATE",)
+    )
+    hf_token: Secret | None = option(
+        None,
+        "Hugging Face token for gated models; passed to the hub client, never logged.",
+        env=("HF_TOKEN", "HUGGINGFACEHUB_API_TOKEN"),
+    )
+    cache_dir: Path = option(
+        None,
+        "Where prepared models are kept (default: $XDG_CACHE_HOME/engine-server or ~/.cache/engine-server).",
+        env=("ENGINE_SERVER_CACHE_DIR",),
+    )
+    log_level: str = option("info", "Log level: debug, info, warning, error.", env=("LOG_LEVEL",))
+
+    def __post_init__(self) -> None:
+        if self.cache_dir is None:
+            object.__setattr__(self, "cache_dir", _default_cache_dir())
+        if self.hf_token is not None and not isinstance(self.hf_token, Secret):
+            object.__setattr__(self, "hf_token", Secret(self.hf_token))
+        self._validate()
+
+    def _validate(self) -> None:
+        def check(ok: bool, message: str) -> None:
+            if not ok:
+                raise ConfigError(message)
+
+        check(1 <= self.port <= 65535, f"port must be between 1 and 65535, got {self.port}")
+        check(self.hw_mode in HW_MODES, f"hw_mode must be one of {', '.join(HW_MODES)}; got {self.hw_mode!r}")
+        check(self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
+        check(self.log_level in LOG_LEVELS, f"log_level must be one of {', '.join(LOG_LEVELS)}")
+        check(self.parallel_number >= 1, f"parallel_number must be at least 1, got {self.parallel_number}")
+        for name in ("max_model_len", "block_size", "max_num_seqs", "max_num_batched_tokens", "max_seq_len_to_capture"):
+            value = getattr(self, name)
+            check(value is None or value >= 1, f"{name} must be a positive integer, got {value}")
+        check(
+            self.kv_cache_space is None or self.kv_cache_space > 0,
+            f"kv_cache_space must be a positive number of GiB, got {self.kv_cache_space}",
+        )
+        check(self.model is None or self.model.strip() != "", "model must not be empty")
+
+    @property
+    def model_name(self) -> str:
+        """The name the API reports for the served model."""
+        if self.served_model_name:
+            return self.served_model_name
+        if self.model is None:
+            return DEFAULT_MODEL_NAME
+        path = Path(self.model).expanduser()
+        # A local directory is named by its last part; a hub id ("org/name") by itself, as vLLM does.
+        return path.name if path.exists() else self.model
+
+    def with_changes(self, **changes: Any) -> Config:
+        return replace(self, **changes)
+
+
+def option_fields() -> list[Any]:
+    return list(fields(Config))
+
+
+def flag_of(f: Any) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def parse_value(f: Any, raw: str) -> Any:
+    """Turn a CLI or environment string into the field's type, with an error that names the setting."""
+    kind = str(f.type)
+    try:
+        if "bool" in kind:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if "int" in kind:
+            return int(raw)
+        if "float" in kind:
+            return float(raw)
+        if "Path" in kind:
+            return Path(raw).expanduser()
+        if "Secret" in kind:
+            return Secret(raw)
+    except ValueError:
+        raise ConfigError(f"{flag_of(f)}: cannot read {raw!r} as {kind.replace(' | None', '')}") from None
+    return raw
+
+
+def values_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for f in option_fields():
+        for name in f.metadata["env"]:
+            raw = environ.get(name)
+            if raw is not None and raw != "":
+                values[f.name] = parse_value(f, raw)
+                break
+    return values
+
+
+def default_of(f: Any) -> Any:
+    return None if f.default is MISSING else f.default

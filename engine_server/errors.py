@@ -1,0 +1,85 @@
+"""Typed API errors and their one translation into the OpenAI error envelope."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from backends.base import EngineDeadError, EngineNotReadyError, InvalidRequestError
+
+
+class APIError(Exception):
+    status_code = 500
+    type = "internal_server_error"
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class BadRequest(APIError):
+    status_code = 400
+    type = "invalid_request_error"
+
+
+class NotFound(APIError):
+    status_code = 404
+    type = "not_found_error"
+
+
+class ServiceUnavailable(APIError):
+    status_code = 503
+    type = "service_unavailable"
+
+
+def from_validation_error(exc: ValidationError) -> BadRequest:
+    """Name the first offending field the way OpenAI does: a dotted path and a readable reason."""
+    first = exc.errors()[0]
+    loc = [str(part) for part in first.get("loc", ()) if not str(part).startswith("function-after")]
+    # Union members show up as extra path parts ("str", "list[...]"); keep the field path only.
+    path = [part for part in loc if not any(ch in part for ch in "[]") and part not in ("str", "list", "int")]
+    param = ".".join(path) or None
+    message = first.get("msg", "invalid value")
+    if first.get("type") == "extra_forbidden":
+        message = f"Unsupported parameter: '{param}' is not a field this server accepts"
+    elif message.startswith("Value error, "):
+        message = message.removeprefix("Value error, ")
+    elif param:
+        message = f"Invalid value for '{param}': {message}"
+    return BadRequest(message, param=param, code="invalid_value" if param else None)
+
+
+def from_engine_error(exc: Exception) -> APIError:
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, InvalidRequestError):
+        return BadRequest(str(exc), param=exc.param)
+    if isinstance(exc, EngineNotReadyError):
+        return ServiceUnavailable("The model is still loading; retry shortly.", code="model_loading")
+    if isinstance(exc, EngineDeadError):
+        return ServiceUnavailable(f"The inference engine stopped: {exc}", code="engine_dead")
+    return APIError("The server failed to process the request.", code="internal_error")
+
+
+def error_response(exc: APIError) -> Response:
+    return JSONResponse(exc.body(), status_code=exc.status_code)
+
+
+async def handle_api_error(request: Request, exc: Exception) -> Response:
+    return error_response(from_engine_error(exc))
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 500)
+    detail = getattr(exc, "detail", "error")
+    kind = {404: "not_found_error", 405: "invalid_request_error"}.get(status, "invalid_request_error")
+    body = {"error": {"message": str(detail), "type": kind, "param": None, "code": None}}
+    return JSONResponse(body, status_code=status)

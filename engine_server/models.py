@@ -1,0 +1,64 @@
+"""Where the weights come from: the built-in default model, a local directory, or the Hugging Face hub."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from engine_server.config import Config
+
+logger = logging.getLogger("engine_server.models")
+
+
+class ModelUnavailableError(RuntimeError):
+    """The configured model cannot be had; the message names the cause and the fix."""
+
+
+def resolve(config: Config, fmt: str = "hf") -> str:
+    """A local directory holding the model in the backend's format (fmt), preparing or downloading it if needed."""
+    if config.model is None:
+        from engine_server import default_model
+
+        return str(default_model.prepare(config.cache_dir, fmt, progress=logger.info))
+    path = Path(config.model).expanduser()
+    if path.exists():
+        return str(path)
+    if config.model.startswith((".", "/", "~")) or config.model.count("/") != 1:
+        raise ModelUnavailableError(
+            f"The model {config.model!r} is neither an existing local directory nor a hub id (org/name). "
+            "Fix: pass --model with a directory that exists, or unset it to serve the built-in default model."
+        )
+    return _from_hub(config.model, config.hf_token.reveal() if config.hf_token else None)
+
+
+def _from_hub(repo_id: str, token: str | None) -> str:
+    from huggingface_hub import model_info, snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+    try:
+        return str(snapshot_download(repo_id, token=token, local_files_only=True, allow_patterns=patterns))
+    except Exception:
+        logger.info("%s is not in the local Hugging Face cache; asking the hub", repo_id)
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise ModelUnavailableError(
+            f"The model {repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set. "
+            "Fix: download it on a connected machine into the cache, pass a local directory with --model, "
+            "or unset --model to serve the built-in default model."
+        )
+    try:
+        model_info(repo_id, token=token, timeout=10)
+    except Exception as exc:
+        cause = type(exc).__name__
+        if "RepositoryNotFound" in cause or "GatedRepo" in cause or "401" in str(exc) or "403" in str(exc):
+            raise ModelUnavailableError(
+                f"The hub refused {repo_id!r} ({cause}): it does not exist or needs access. "
+                "Fix: check the id, accept the model's terms on the hub, and set HF_TOKEN."
+            ) from None
+        raise ModelUnavailableError(
+            f"Cannot reach the Hugging Face hub to download {repo_id!r} ({cause}: {str(exc)[:200]}). "
+            "Fix: give this machine network access to huggingface.co, pass a local model directory with "
+            "--model, or unset --model to serve the built-in default model."
+        ) from None
+    logger.info("downloading %s from the Hugging Face hub", repo_id)
+    return str(snapshot_download(repo_id, token=token, allow_patterns=patterns))

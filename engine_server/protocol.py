@@ -1,0 +1,189 @@
+"""Wire schemas: the OpenAI request bodies we accept, with the OPEA aliases. Pure pydantic, no engine imports.
+
+Unknown fields are refused (400 naming the field) rather than silently ignored; OpenAI fields we cannot honor
+are declared so that their null/default values pass and anything else is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ROLES = ("system", "user", "assistant", "tool", "developer")
+MAX_N = 16
+MAX_TOP_LOGPROBS = 20
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextPart(Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(Strict):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_call_id: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(part.text for part in self.content)
+
+
+class JsonSchemaFormat(Strict):
+    name: str = "response"
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type json_schema needs a 'json_schema' object")
+        return self
+
+
+class StreamOptions(Strict):
+    include_usage: bool = False
+    continuous_usage_stats: bool = False
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class SamplingFields(Strict):
+    """Sampling fields shared by /v1/chat/completions and /v1/completions."""
+
+    model: str | None = None
+    max_tokens: PositiveInt | None = None
+    max_new_tokens: PositiveInt | None = None  # OPEA / TGI alias of max_tokens
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=-1)] | None = None
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    typical_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
+    ignore_eos: bool = False
+    min_tokens: Annotated[int, Field(ge=0)] = 0
+    skip_special_tokens: bool = True
+    response_format: ResponseFormat | None = None
+    stream: bool | None = None
+    streaming: bool | None = None  # OPEA alias of stream
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    # OpenAI fields this server cannot honor: accepted only at their null value.
+    logit_bias: dict[str, float] | None = None
+    best_of: int | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    parallel_tool_calls: bool | None = None
+
+    @model_validator(mode="after")
+    def _check_shared(self) -> SamplingFields:
+        if self.typical_p is not None and self.typical_p != 1.0:
+            raise ValueError("typical_p is not supported by this server's samplers; omit it or send 1.0")
+        for name in ("logit_bias", "tools", "functions"):
+            if getattr(self, name):
+                raise ValueError(f"{name} is not supported by this server")
+        if self.tool_choice not in (None, "none"):
+            raise ValueError("tool_choice is not supported by this server")
+        if self.function_call not in (None, "none"):
+            raise ValueError("function_call is not supported by this server")
+        if self.best_of not in (None, self.n):
+            raise ValueError("best_of is not supported by this server; use n")
+        if self.stop_token_ids and len(self.stop_token_ids) > 64:
+            raise ValueError("stop_token_ids takes at most 64 ids")
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        if len(stops) > 64 or any(s == "" for s in stops):
+            raise ValueError("stop takes at most 64 non-empty strings")
+        return self
+
+    @property
+    def is_stream(self) -> bool:
+        return bool(self.stream if self.stream is not None else self.streaming)
+
+    @property
+    def stop_list(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class ChatCompletionRequest(SamplingFields):
+    # A plain string is the reference service's form: a raw prompt, no chat template, text-completion answer.
+    messages: str | list[ChatMessage]
+    max_completion_tokens: PositiveInt | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    add_generation_prompt: bool = True
+
+    @model_validator(mode="after")
+    def _check_chat(self) -> ChatCompletionRequest:
+        if isinstance(self.messages, str) and not self.messages:
+            raise ValueError("messages must not be empty")
+        if isinstance(self.messages, list) and not self.messages:
+            raise ValueError("messages must contain at least one message")
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs set to true")
+        return self
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens or self.max_new_tokens
+
+    @property
+    def num_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str]
+    logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    echo: bool = False
+    suffix: str | None = None
+
+    @model_validator(mode="after")
+    def _check_completion(self) -> CompletionRequest:
+        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
+        if not prompts or any(p == "" for p in prompts):
+            raise ValueError("prompt must be a non-empty string or a non-empty list of non-empty strings")
+        if self.echo:
+            raise ValueError("echo is not supported by this server")
+        if self.suffix:
+            raise ValueError("suffix is not supported by this server")
+        return self
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        return self.max_tokens or self.max_new_tokens
+
+    @property
+    def num_logprobs(self) -> int | None:
+        return self.logprobs

@@ -1,0 +1,304 @@
+"""From a validated request to engine requests, and from engine outputs to OpenAI responses and chunks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from backends.base import (
+    Engine,
+    GenerateRequest,
+    ModelInfo,
+    SamplingOptions,
+    StepOutput,
+    TokenLogprob,
+)
+from engine_server.errors import BadRequest
+from engine_server.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+
+Request = ChatCompletionRequest | CompletionRequest
+
+
+@dataclass
+class Prepared:
+    """A request turned into engine requests: one per prompt, each with n sequences."""
+
+    kind: str  # "chat" (chat.completion shapes) or "text" (text_completion shapes)
+    id: str
+    created: int
+    model: str
+    requests: list[GenerateRequest]
+    n: int
+    include_usage: bool
+
+
+@dataclass
+class Choice:
+    text: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
+    num_tokens: int = 0
+    finish_reason: str | None = None
+
+
+class Serving:
+    def __init__(self, engine: Engine, info: ModelInfo, model_name: str, default_chat_template: str | None) -> None:
+        self.engine = engine
+        self.info = info
+        self.model_name = model_name
+        self.default_chat_template = default_chat_template
+
+    # -- preparing -------------------------------------------------------------------------------------------
+
+    def prepare(self, req: Request) -> Prepared:
+        if isinstance(req, ChatCompletionRequest):
+            if isinstance(req.messages, str):
+                kind, prompts = "text", [self._tokenize(req.messages, add_special_tokens=True)]
+            else:
+                kind, prompts = "chat", [self._chat_prompt(req)]
+            prefix = "chatcmpl" if kind == "chat" else "cmpl"
+        else:
+            kind, prefix = "text", "cmpl"
+            prompts = [self._tokenize(p, add_special_tokens=True) for p in req.prompts]
+        request_id = f"{prefix}-{uuid.uuid4().hex}"
+        requests = [
+            GenerateRequest(f"{request_id}-{i}", ids, self._sampling(req, len(ids))) for i, ids in enumerate(prompts)
+        ]
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return Prepared(kind, request_id, int(time.time()), self.model_name, requests, req.n, include_usage)
+
+    def _tokenize(self, text: str, add_special_tokens: bool) -> list[int]:
+        return self.engine.tokenize(text, add_special_tokens=add_special_tokens)
+
+    def _chat_prompt(self, req: ChatCompletionRequest) -> list[int]:
+        assert isinstance(req.messages, list)
+        messages = [m.model_dump(exclude_none=True) for m in req.messages]
+        for m in messages:
+            if isinstance(m.get("content"), list):
+                m["content"] = "\n".join(part["text"] for part in m["content"])
+        kwargs = dict(req.chat_template_kwargs or {})
+        kwargs.setdefault("add_generation_prompt", req.add_generation_prompt)
+        text = self.engine.render_chat(messages, req.chat_template or self.default_chat_template, kwargs)
+        # The template already carries the special tokens (BOS and turn markers).
+        return self._tokenize(text, add_special_tokens=False)
+
+    def _sampling(self, req: Request, num_prompt_tokens: int) -> SamplingOptions:
+        limit = self.info.max_model_len
+        if num_prompt_tokens >= limit:
+            raise BadRequest(
+                f"This model's maximum context length is {limit} tokens. However, your prompt has "
+                f"{num_prompt_tokens} tokens, which leaves no room for output. Please shorten the prompt.",
+                param="messages" if isinstance(req, ChatCompletionRequest) else "prompt",
+                code="context_length_exceeded",
+            )
+        room = limit - num_prompt_tokens
+        max_tokens = req.max_output_tokens
+        if max_tokens is None:
+            max_tokens = room
+        elif max_tokens > room:
+            raise BadRequest(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{num_prompt_tokens + max_tokens} tokens ({num_prompt_tokens} in the prompt, {max_tokens} for "
+                f"the output). Please reduce the prompt or the maximum output tokens.",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        if req.min_tokens > max_tokens:
+            raise BadRequest(f"min_tokens ({req.min_tokens}) exceeds max_tokens ({max_tokens})", param="min_tokens")
+        return SamplingOptions(
+            max_tokens=max_tokens,
+            temperature=_or(req.temperature, 1.0),
+            top_p=_or(req.top_p, 1.0),
+            top_k=max(_or(req.top_k, 0), 0),
+            min_p=_or(req.min_p, 0.0),
+            repetition_penalty=_or(req.repetition_penalty, 1.0),
+            frequency_penalty=_or(req.frequency_penalty, 0.0),
+            presence_penalty=_or(req.presence_penalty, 0.0),
+            seed=req.seed,
+            stop=req.stop_list,
+            stop_token_ids=tuple(req.stop_token_ids or ()),
+            n=req.n,
+            logprobs=req.num_logprobs,
+            ignore_eos=req.ignore_eos,
+            min_tokens=req.min_tokens,
+            skip_special_tokens=req.skip_special_tokens,
+            **_structured(req),
+        )
+
+    # -- running ---------------------------------------------------------------------------------------------
+
+    async def steps(self, prepared: Prepared) -> AsyncIterator[tuple[int, StepOutput]]:
+        """Engine outputs of all the request's prompts as they come, tagged with the prompt's position."""
+        if len(prepared.requests) == 1:
+            async for step in self.engine.generate(prepared.requests[0]):
+                yield 0, step
+            return
+        queue: asyncio.Queue[tuple[int, StepOutput | BaseException | None]] = asyncio.Queue()
+
+        async def pump(i: int, request: GenerateRequest) -> None:
+            try:
+                async for step in self.engine.generate(request):
+                    queue.put_nowait((i, step))
+                queue.put_nowait((i, None))
+            except BaseException as exc:  # handed to the consumer, which re-raises it
+                queue.put_nowait((i, exc))
+
+        tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(prepared.requests)]
+        try:
+            remaining = len(tasks)
+            while remaining:
+                i, item = await queue.get()
+                if item is None:
+                    remaining -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield i, item
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def complete(self, prepared: Prepared) -> dict[str, Any]:
+        choices = [Choice() for _ in range(len(prepared.requests) * prepared.n)]
+        num_prompt = [0] * len(prepared.requests)
+        async for i, step in self.steps(prepared):
+            num_prompt[i] = step.num_prompt_tokens
+            for d in step.deltas:
+                choice = choices[i * prepared.n + d.index]
+                choice.text.append(d.text)
+                choice.num_tokens += d.num_tokens
+                if d.logprobs is not None:
+                    choice.logprobs = (choice.logprobs or []) + d.logprobs
+                choice.finish_reason = d.finish_reason or choice.finish_reason
+        usage = _usage(sum(num_prompt), sum(c.num_tokens for c in choices))
+        if prepared.kind == "chat":
+            return {
+                "id": prepared.id,
+                "object": "chat.completion",
+                "created": prepared.created,
+                "model": prepared.model,
+                "choices": [
+                    {
+                        "index": idx,
+                        "message": {"role": "assistant", "content": "".join(c.text)},
+                        "logprobs": _chat_logprobs(c.logprobs),
+                        "finish_reason": c.finish_reason,
+                    }
+                    for idx, c in enumerate(choices)
+                ],
+                "usage": usage,
+            }
+        return {
+            "id": prepared.id,
+            "object": "text_completion",
+            "created": prepared.created,
+            "model": prepared.model,
+            "choices": [
+                {
+                    "index": idx,
+                    "text": "".join(c.text),
+                    "logprobs": _text_logprobs(c.logprobs, 0),
+                    "finish_reason": c.finish_reason,
+                }
+                for idx, c in enumerate(choices)
+            ],
+            "usage": usage,
+        }
+
+    async def chunks(self, prepared: Prepared) -> AsyncIterator[dict[str, Any]]:
+        """Streaming chunks. The first chunk of each choice carries its first text: no empty role-only chunk."""
+        chat = prepared.kind == "chat"
+        head = {
+            "id": prepared.id,
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": prepared.created,
+            "model": prepared.model,
+        }
+        started: set[int] = set()
+        text_offsets: dict[int, int] = {}
+        num_prompt = [0] * len(prepared.requests)
+        num_output = 0
+        async for i, step in self.steps(prepared):
+            num_prompt[i] = step.num_prompt_tokens
+            for d in step.deltas:
+                index = i * prepared.n + d.index
+                num_output += d.num_tokens
+                if not d.text and d.finish_reason is None and not d.logprobs:
+                    continue
+                if chat:
+                    delta: dict[str, Any] = {"content": d.text}
+                    if index not in started:
+                        delta = {"role": "assistant", "content": d.text}
+                        started.add(index)
+                    choice = {
+                        "index": index,
+                        "delta": delta,
+                        "logprobs": _chat_logprobs(d.logprobs),
+                        "finish_reason": d.finish_reason,
+                    }
+                else:
+                    offset = text_offsets.get(index, 0)
+                    text_offsets[index] = offset + len(d.text)
+                    choice = {
+                        "index": index,
+                        "text": d.text,
+                        "logprobs": _text_logprobs(d.logprobs, offset),
+                        "finish_reason": d.finish_reason,
+                    }
+                yield {**head, "choices": [choice]}
+        if prepared.include_usage:
+            yield {**head, "choices": [], "usage": _usage(sum(num_prompt), num_output)}
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _structured(req: SamplingFields) -> dict[str, Any]:
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return {}
+    if fmt.type == "json_object":
+        return {"json_object": True}
+    assert fmt.json_schema is not None
+    return {"json_schema": fmt.json_schema.schema_}
+
+
+def _usage(num_prompt: int, num_output: int) -> dict[str, int]:
+    return {"prompt_tokens": num_prompt, "completion_tokens": num_output, "total_tokens": num_prompt + num_output}
+
+
+def _chat_logprobs(logprobs: list[TokenLogprob] | None) -> dict[str, Any] | None:
+    if logprobs is None:
+        return None
+    return {
+        "content": [
+            {
+                "token": lp.token,
+                "logprob": lp.logprob,
+                "bytes": list(lp.token.encode()),
+                "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in lp.top],
+            }
+            for lp in logprobs
+        ]
+    }
+
+
+def _text_logprobs(logprobs: list[TokenLogprob] | None, offset: int) -> dict[str, Any] | None:
+    if logprobs is None:
+        return None
+    offsets = []
+    for lp in logprobs:
+        offsets.append(offset)
+        offset += len(lp.token)
+    return {
+        "tokens": [lp.token for lp in logprobs],
+        "token_logprobs": [lp.logprob for lp in logprobs],
+        "top_logprobs": [dict(lp.top) for lp in logprobs],
+        "text_offset": offsets,
+    }
+
