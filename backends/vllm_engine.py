@@ -53,7 +53,10 @@ class VllmEngine:
 
         config = self._llm.model_config
         return ModelInfo(
-            name=model, max_model_len=config.max_model_len, backend=self.backend, engine_version=vllm.__version__
+            name=model,
+            max_model_len=config.max_model_len,
+            backend=self.backend,
+            engine_version=vllm.__version__,
         )
 
     def _build(self, model: str) -> Any:
@@ -133,7 +136,10 @@ class VllmEngine:
     def _delta(self, c: Any) -> CompletionDelta:
         logprobs = None
         if c.logprobs is not None:
-            logprobs = [self._token_logprob(token_id, position) for token_id, position in zip(c.token_ids, c.logprobs)]
+            logprobs = [
+                self._token_logprob(token_id, position)
+                for token_id, position in zip(c.token_ids, c.logprobs, strict=True)
+            ]
         finish = c.finish_reason if c.finish_reason in ("stop", "length", "abort") else None
         return CompletionDelta(
             index=c.index, text=c.text, num_tokens=len(c.token_ids), logprobs=logprobs, finish_reason=finish

@@ -7,8 +7,8 @@ import contextlib
 import json
 import logging
 import time
-from functools import partial
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -18,8 +18,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
 
-from backends.base import Engine, EngineDeadError, ModelInfo
+from backends.base import Engine, EngineDeadError, EngineError, ModelInfo
 from engine_server import __version__
 from engine_server.config import Config
 from engine_server.errors import (
@@ -33,13 +34,17 @@ from engine_server.errors import (
     handle_api_error,
     handle_http_exception,
 )
+from engine_server.metrics import CONTENT_TYPE, Metrics
 from engine_server.protocol import ChatCompletionRequest, CompletionRequest
 from engine_server.serving import Prepared, Serving
 
 logger = logging.getLogger("engine_server")
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
-OPEA_SERVICE = {"Service Title": "opea_service@llm_vllm", "Service Description": "OPEA Microservice Infrastructure"}
+OPEA_SERVICE = {
+    "Service Title": "opea_service@llm_vllm",
+    "Service Description": "OPEA Microservice Infrastructure",
+}
 WATCHDOG_INTERVAL_S = 1.0
 
 
@@ -50,8 +55,11 @@ class ClientDisconnected(Exception):
 class State:
     """What the routes need to know about the engine: whether it is ready, and how to serve from it."""
 
-    def __init__(self, config: Config, engine: Engine, on_fatal: Callable[[str], None] | None) -> None:
+    def __init__(
+        self, config: Config, engine: Engine, metrics: Metrics, on_fatal: Callable[[str], None] | None
+    ) -> None:
         self.config = config
+        self.metrics = metrics
         self.engine = engine
         self.on_fatal = on_fatal
         self.status = "starting"  # starting -> ready -> (dead | stopping); starting -> failed
@@ -67,7 +75,8 @@ class State:
             logger.exception("the engine failed to start")
             self._fail("failed", f"the engine failed to start: {exc}")
             return
-        self.serving = Serving(self.engine, self.info, self.config.model_name, _read_template(self.config.chat_template))
+        template = _read_template(self.config.chat_template)
+        self.serving = Serving(self.engine, self.info, self.config.model_name, template, self.metrics.record_usage)
         self.status = "ready"
         logger.info(
             "ready in %.1f s: serving %s as '%s' (backend %s, context %d tokens)",
@@ -115,14 +124,15 @@ def _read_template(value: str | None) -> str | None:
 
 def create_app(
     config: Config, engine: Engine | None = None, on_fatal: Callable[[str], None] | None = None
-) -> Starlette:
+) -> CountRequests:
     """The service as an ASGI app. Without an engine, the one config.hw_mode names is created."""
     if engine is None:
         from backends import create_engine
         from engine_server import models
 
         engine = create_engine(config, partial(models.resolve, config))
-    state = State(config, engine, on_fatal)
+    metrics = Metrics(engine.stats)
+    state = State(config, engine, metrics, on_fatal)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -149,15 +159,28 @@ def create_app(
         return JSONResponse(body, status_code=200 if state.status == "ready" else 503)
 
     async def models(request: Request) -> Response:
-        card: dict[str, Any] = {"id": config.model_name, "object": "model", "created": 0, "owned_by": "engine-server"}
+        card: dict[str, Any] = {
+            "id": config.model_name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "engine-server",
+        }
         if state.info is not None:
             card.update(root=state.info.name, max_model_len=state.info.max_model_len)
         return JSONResponse({"object": "list", "data": [card]})
 
+    async def metrics_route(request: Request) -> Response:
+        metrics.ready.set(1 if state.status == "ready" else 0)
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
     async def version(request: Request) -> Response:
         info = state.info
         return JSONResponse(
-            {"version": __version__, "backend": config.hw_mode, "engine_version": info.engine_version if info else None}
+            {
+                "version": __version__,
+                "backend": config.hw_mode,
+                "engine_version": info.engine_version if info else None,
+            }
         )
 
     async def chat_completions(request: Request) -> Response:
@@ -170,8 +193,11 @@ def create_app(
         body = await _parse(request, schema)
         serving = state.ready_serving()
         if config.strict_model_name and body.model not in (None, config.model_name):
-            raise NotFound(f"The model '{body.model}' does not exist; this server serves '{config.model_name}'.",
-                           param="model", code="model_not_found")
+            raise NotFound(
+                f"The model '{body.model}' does not exist; this server serves '{config.model_name}'.",
+                param="model",
+                code="model_not_found",
+            )
         prepared = serving.prepare(body)
         if not body.is_stream:
             try:
@@ -187,14 +213,50 @@ def create_app(
             Route("/v1/health_check", health_check, methods=["GET"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/version", version, methods=["GET"]),
+            Route("/metrics", metrics_route, methods=["GET"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),
         ],
         lifespan=lifespan,
-        exception_handlers={HTTPException: handle_http_exception, Exception: handle_api_error},
+        exception_handlers={
+            APIError: handle_api_error,
+            EngineError: handle_api_error,
+            HTTPException: handle_http_exception,
+            Exception: handle_api_error,  # anything else: a 500 in the envelope (and logged by Starlette)
+        },
     )
     app.state.server = state
-    return app
+    return CountRequests(app, metrics)
+
+
+class CountRequests:
+    """Counts every response by route and status (unknown paths share one label)."""
+
+    def __init__(self, app: Starlette, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = {route.path for route in app.routes if isinstance(route, Route)}
+
+    @property
+    def state(self) -> Any:
+        return self.app.state
+
+    @property
+    def lifespan(self) -> Any:
+        """The engine's start/stop, for an app that mounts this one (mounted apps get no lifespan of their own)."""
+        return self.app.router.lifespan_context
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"] if scope["path"] in self.routes else "other"
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.metrics.requests.labels(path, str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
 
 
 async def _parse(request: Request, schema: type[M]) -> M:

@@ -9,7 +9,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from backends import BackendUnavailableError
-from engine_server.config import Config, ConfigError, default_of, flag_of, option_fields, parse_value, values_from_env
+from engine_server.config import (
+    Config,
+    ConfigError,
+    default_of,
+    flag_of,
+    option_fields,
+    parse_value,
+    values_from_env,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         help_text = f"{f.metadata['help']}{shown} [env: {', '.join(env)}]" if env else f.metadata["help"]
         kind = str(f.type)
         if "bool" in kind:
-            parser.add_argument(flag_of(f), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=help_text)
+            parser.add_argument(
+                flag_of(f), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         else:
             parser.add_argument(flag_of(f), dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
     return parser

@@ -87,16 +87,22 @@ class Config:
         None, "KV-cache block size in tokens (default: the backend's; 128 on Gaudi).", env=("BLOCK_SIZE",)
     )
     max_num_seqs: int | None = option(
-        None, "Most sequences the engine runs at once (default: the backend's; 256 on Gaudi).", env=("MAX_NUM_SEQS",)
+        None,
+        "Most sequences the engine runs at once (default: the backend's; 256 on Gaudi).",
+        env=("MAX_NUM_SEQS",),
     )
     max_num_batched_tokens: int | None = option(
-        None, "Most tokens the engine schedules per step (default: the backend's).", env=("MAX_NUM_BATCHED_TOKENS",)
+        None,
+        "Most tokens the engine schedules per step (default: the backend's).",
+        env=("MAX_NUM_BATCHED_TOKENS",),
     )
     enable_prefix_caching: bool = option(
         True, "Reuse the KV cache of shared prompt prefixes.", env=("ENABLE_PREFIX_CACHING",)
     )
     enable_chunked_prefill: bool | None = option(
-        None, "Split long prompts over several steps (default: the backend's).", env=("ENABLE_CHUNKED_PREFILL",)
+        None,
+        "Split long prompts over several steps (default: the backend's).",
+        env=("ENABLE_CHUNKED_PREFILL",),
     )
     enforce_eager: bool | None = option(
         None,
@@ -105,10 +111,14 @@ class Config:
         env=("ENFORCE_EAGER",),
     )
     parallel_number: int = option(
-        1, "Tensor-parallel size: the number of cards (hpu) the model is split over.", env=("PARALLEL_NUMBER",)
+        1,
+        "Tensor-parallel size: the number of cards (hpu) the model is split over.",
+        env=("PARALLEL_NUMBER",),
     )
     max_seq_len_to_capture: int | None = option(
-        None, "Longest sequence covered by graphs (hpu; see the Gaudi notes).", env=("MAX_SEQ_LEN_TO_CAPTURE",)
+        None,
+        "Longest sequence covered by graphs (hpu; see the Gaudi notes).",
+        env=("MAX_SEQ_LEN_TO_CAPTURE",),
     )
     trust_remote_code: bool = option(
         False, "Allow a model's own Python code from the hub to run.", env=("TRUST_REMOTE_CODE",)
@@ -145,7 +155,13 @@ class Config:
         check(self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
         check(self.log_level in LOG_LEVELS, f"log_level must be one of {', '.join(LOG_LEVELS)}")
         check(self.parallel_number >= 1, f"parallel_number must be at least 1, got {self.parallel_number}")
-        for name in ("max_model_len", "block_size", "max_num_seqs", "max_num_batched_tokens", "max_seq_len_to_capture"):
+        for name in (
+            "max_model_len",
+            "block_size",
+            "max_num_seqs",
+            "max_num_batched_tokens",
+            "max_seq_len_to_capture",
+        ):
             value = getattr(self, name)
             check(value is None or value >= 1, f"{name} must be a positive integer, got {value}")
         check(

@@ -41,12 +41,13 @@ class ServiceUnavailable(APIError):
 
 
 def from_validation_error(exc: ValidationError) -> BadRequest:
-    """Name the first offending field the way OpenAI does: a dotted path and a readable reason."""
-    first = exc.errors()[0]
-    loc = [str(part) for part in first.get("loc", ()) if not str(part).startswith("function-after")]
-    # Union members show up as extra path parts ("str", "list[...]"); keep the field path only.
-    path = [part for part in loc if not any(ch in part for ch in "[]") and part not in ("str", "list", "int")]
-    param = ".".join(path) or None
+    """Name the offending field the way OpenAI does: a dotted path and a readable reason."""
+    # With unions (messages: str | list) pydantic reports every member; the deepest error is the real one.
+    first = max(exc.errors(), key=lambda e: len(e.get("loc", ())))
+    cause = (first.get("ctx") or {}).get("error")
+    # Union members show up as path parts ("str", "list[...]"); keep the field path only.
+    path = [str(p) for p in first.get("loc", ()) if not any(ch in str(p) for ch in "[]") and p not in ("str",)]
+    param = getattr(cause, "param", None) or ".".join(path) or None
     message = first.get("msg", "invalid value")
     if first.get("type") == "extra_forbidden":
         message = f"Unsupported parameter: '{param}' is not a field this server accepts"
@@ -54,7 +55,7 @@ def from_validation_error(exc: ValidationError) -> BadRequest:
         message = message.removeprefix("Value error, ")
     elif param:
         message = f"Invalid value for '{param}': {message}"
-    return BadRequest(message, param=param, code="invalid_value" if param else None)
+    return BadRequest(message, param=param, code="invalid_value")
 
 
 def from_engine_error(exc: Exception) -> APIError:

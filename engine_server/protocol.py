@@ -15,6 +15,14 @@ MAX_N = 16
 MAX_TOP_LOGPROBS = 20
 
 
+class FieldError(ValueError):
+    """A validation failure that knows which request field it is about."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -52,7 +60,7 @@ class ResponseFormat(Strict):
     @model_validator(mode="after")
     def _schema_given(self) -> ResponseFormat:
         if self.type == "json_schema" and self.json_schema is None:
-            raise ValueError("response_format of type json_schema needs a 'json_schema' object")
+            raise FieldError("response_format", "response_format of type json_schema needs a 'json_schema' object")
         return self
 
 
@@ -102,21 +110,21 @@ class SamplingFields(Strict):
     @model_validator(mode="after")
     def _check_shared(self) -> SamplingFields:
         if self.typical_p is not None and self.typical_p != 1.0:
-            raise ValueError("typical_p is not supported by this server's samplers; omit it or send 1.0")
+            raise FieldError("typical_p", "typical_p is not supported by this server's samplers; omit it or send 1.0")
         for name in ("logit_bias", "tools", "functions"):
             if getattr(self, name):
-                raise ValueError(f"{name} is not supported by this server")
+                raise FieldError(name, f"{name} is not supported by this server")
         if self.tool_choice not in (None, "none"):
-            raise ValueError("tool_choice is not supported by this server")
+            raise FieldError("tool_choice", "tool_choice is not supported by this server")
         if self.function_call not in (None, "none"):
-            raise ValueError("function_call is not supported by this server")
+            raise FieldError("function_call", "function_call is not supported by this server")
         if self.best_of not in (None, self.n):
-            raise ValueError("best_of is not supported by this server; use n")
+            raise FieldError("best_of", "best_of is not supported by this server; use n")
         if self.stop_token_ids and len(self.stop_token_ids) > 64:
-            raise ValueError("stop_token_ids takes at most 64 ids")
+            raise FieldError("stop_token_ids", "stop_token_ids takes at most 64 ids")
         stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
         if len(stops) > 64 or any(s == "" for s in stops):
-            raise ValueError("stop takes at most 64 non-empty strings")
+            raise FieldError("stop", "stop takes at most 64 non-empty strings")
         return self
 
     @property
@@ -143,11 +151,11 @@ class ChatCompletionRequest(SamplingFields):
     @model_validator(mode="after")
     def _check_chat(self) -> ChatCompletionRequest:
         if isinstance(self.messages, str) and not self.messages:
-            raise ValueError("messages must not be empty")
+            raise FieldError("messages", "messages must not be empty")
         if isinstance(self.messages, list) and not self.messages:
-            raise ValueError("messages must contain at least one message")
+            raise FieldError("messages", "messages must contain at least one message")
         if self.top_logprobs and not self.logprobs:
-            raise ValueError("top_logprobs needs logprobs set to true")
+            raise FieldError("top_logprobs", "top_logprobs needs logprobs set to true")
         return self
 
     @property
@@ -169,11 +177,11 @@ class CompletionRequest(SamplingFields):
     def _check_completion(self) -> CompletionRequest:
         prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
         if not prompts or any(p == "" for p in prompts):
-            raise ValueError("prompt must be a non-empty string or a non-empty list of non-empty strings")
+            raise FieldError("prompt", "prompt must be a non-empty string or a non-empty list of non-empty strings")
         if self.echo:
-            raise ValueError("echo is not supported by this server")
+            raise FieldError("echo", "echo is not supported by this server")
         if self.suffix:
-            raise ValueError("suffix is not supported by this server")
+            raise FieldError("suffix", "suffix is not supported by this server")
         return self
 
     @property

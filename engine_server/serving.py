@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +45,15 @@ class Choice:
 
 
 class Serving:
-    def __init__(self, engine: Engine, info: ModelInfo, model_name: str, default_chat_template: str | None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        info: ModelInfo,
+        model_name: str,
+        default_chat_template: str | None,
+        record_usage: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.record_usage = record_usage
         self.engine = engine
         self.info = info
         self.model_name = model_name
@@ -174,7 +182,7 @@ class Serving:
                 if d.logprobs is not None:
                     choice.logprobs = (choice.logprobs or []) + d.logprobs
                 choice.finish_reason = d.finish_reason or choice.finish_reason
-        usage = _usage(sum(num_prompt), sum(c.num_tokens for c in choices))
+        usage = self._usage(sum(num_prompt), sum(c.num_tokens for c in choices))
         if prepared.kind == "chat":
             return {
                 "id": prepared.id,
@@ -250,8 +258,14 @@ class Serving:
                         "finish_reason": d.finish_reason,
                     }
                 yield {**head, "choices": [choice]}
+        usage = self._usage(sum(num_prompt), num_output)
         if prepared.include_usage:
-            yield {**head, "choices": [], "usage": _usage(sum(num_prompt), num_output)}
+            yield {**head, "choices": [], "usage": usage}
+
+    def _usage(self, num_prompt: int, num_output: int) -> dict[str, int]:
+        if self.record_usage is not None:
+            self.record_usage(num_prompt, num_output)
+        return {"prompt_tokens": num_prompt, "completion_tokens": num_output, "total_tokens": num_prompt + num_output}
 
 
 def _or(value: Any, default: Any) -> Any:
@@ -266,10 +280,6 @@ def _structured(req: SamplingFields) -> dict[str, Any]:
         return {"json_object": True}
     assert fmt.json_schema is not None
     return {"json_schema": fmt.json_schema.schema_}
-
-
-def _usage(num_prompt: int, num_output: int) -> dict[str, int]:
-    return {"prompt_tokens": num_prompt, "completion_tokens": num_output, "total_tokens": num_prompt + num_output}
 
 
 def _chat_logprobs(logprobs: list[TokenLogprob] | None) -> dict[str, Any] | None:
@@ -301,4 +311,3 @@ def _text_logprobs(logprobs: list[TokenLogprob] | None, offset: int) -> dict[str
         "top_logprobs": [dict(lp.top) for lp in logprobs],
         "text_offset": offsets,
     }
-

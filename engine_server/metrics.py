@@ -1,0 +1,50 @@
+"""Prometheus metrics: request counts by route and status, token counters, and the engine's own figures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from backends.base import EngineStats
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _EngineCollector(Collector):
+    """Reads the engine's figures at scrape time, so they are never stale."""
+
+    def __init__(self, stats: Callable[[], EngineStats]) -> None:
+        self._stats = stats
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        s = self._stats()
+        yield GaugeMetricFamily("engine_server_requests_running", "Requests the engine is running.", s.num_running)
+        yield GaugeMetricFamily("engine_server_requests_waiting", "Requests queued in the engine.", s.num_waiting)
+        yield GaugeMetricFamily(
+            "engine_server_kv_cache_usage_ratio", "Fraction of the KV cache in use.", s.kv_cache_usage
+        )
+
+
+class Metrics:
+    def __init__(self, stats: Callable[[], EngineStats]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "engine_server_http_requests",
+            "HTTP requests by route and status.",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.prompt_tokens = Counter("engine_server_prompt_tokens", "Prompt tokens processed.", registry=self.registry)
+        self.generation_tokens = Counter("engine_server_generation_tokens", "Tokens generated.", registry=self.registry)
+        self.ready = Gauge("engine_server_ready", "1 when the engine serves requests.", registry=self.registry)
+        self.registry.register(_EngineCollector(stats))
+
+    def record_usage(self, num_prompt: int, num_output: int) -> None:
+        self.prompt_tokens.inc(num_prompt)
+        self.generation_tokens.inc(num_output)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

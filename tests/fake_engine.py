@@ -1,0 +1,93 @@
+"""A hand-written engine for HTTP-layer unit tests: words of a fixed reply, one per step."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from backends.base import (
+    CompletionDelta,
+    EngineDeadError,
+    EngineStats,
+    GenerateRequest,
+    InvalidRequestError,
+    ModelInfo,
+    StepOutput,
+    TokenLogprob,
+)
+
+REPLY = "the quick brown fox jumps over the lazy dog".split()
+
+
+class FakeEngine:
+    def __init__(self, max_model_len: int = 64, step_delay: float = 0.0, fail_after: int | None = None) -> None:
+        self.max_model_len = max_model_len
+        self.step_delay = step_delay
+        self.fail_after = fail_after  # raise mid-stream after this many steps
+        self.started = asyncio.Event()
+        self.release_start = asyncio.Event()
+        self.release_start.set()
+        self.dead = False
+        self.running: set[str] = set()
+        self.aborted: list[str] = []
+        self.requests: list[GenerateRequest] = []
+        self.shut_down = False
+
+    async def start(self) -> ModelInfo:
+        await self.release_start.wait()
+        self.started.set()
+        return ModelInfo(name="fake", max_model_len=self.max_model_len, backend="fake", engine_version="0")
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[StepOutput]:
+        if request.sampling.stop_token_ids and 999 in request.sampling.stop_token_ids:
+            raise InvalidRequestError("token id 999 is out of vocabulary", param="stop_token_ids")
+        self.requests.append(request)
+        self.running.add(request.request_id)
+        s = request.sampling
+        try:
+            for step in range(s.max_tokens):
+                if self.fail_after is not None and step >= self.fail_after:
+                    raise EngineDeadError("fake engine failure")
+                await asyncio.sleep(self.step_delay)
+                last = step == s.max_tokens - 1 or step == len(REPLY) - 1
+                word = REPLY[step % len(REPLY)]
+                deltas = [
+                    CompletionDelta(
+                        index=i,
+                        text=(" " if step else "") + word,
+                        num_tokens=1,
+                        logprobs=None if s.logprobs is None else [TokenLogprob(word, -0.5, (((word, -0.5),) * s.logprobs))],
+                        finish_reason=("length" if step == s.max_tokens - 1 else "stop") if last else None,
+                    )
+                    for i in range(s.n)
+                ]
+                yield StepOutput(num_prompt_tokens=len(request.prompt_token_ids), deltas=deltas, finished=last)
+                if last:
+                    return
+        except (asyncio.CancelledError, GeneratorExit):
+            self.aborted.append(request.request_id)
+            raise
+        finally:
+            self.running.discard(request.request_id)
+
+    async def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+
+    async def check_health(self) -> None:
+        if self.dead:
+            raise EngineDeadError("killed by the test")
+
+    def stats(self) -> EngineStats:
+        return EngineStats(num_running=len(self.running), num_waiting=0)
+
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return ([1] if add_special_tokens else []) + [ord(c) % 256 for c in text]
+
+    def render_chat(
+        self, messages: list[dict[str, Any]], chat_template: str | None = None, template_kwargs: dict[str, Any] | None = None
+    ) -> str:
+        return "".join(f"<{m['role']}>{m.get('content', '')}" for m in messages) + "<assistant>"
+
+    async def shutdown(self) -> None:
+        self.shut_down = True
