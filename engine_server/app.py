@@ -158,7 +158,7 @@ def create_app(
         body = {**OPEA_SERVICE, "Version": __version__, "Status": state.status}
         return JSONResponse(body, status_code=200 if state.status == "ready" else 503)
 
-    async def models(request: Request) -> Response:
+    async def list_models(request: Request) -> Response:
         card: dict[str, Any] = {
             "id": config.model_name,
             "object": "model",
@@ -211,7 +211,7 @@ def create_app(
         routes=[
             Route("/health", health, methods=["GET"]),
             Route("/v1/health_check", health_check, methods=["GET"]),
-            Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/models", list_models, methods=["GET"]),
             Route("/version", version, methods=["GET"]),
             Route("/metrics", metrics_route, methods=["GET"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),

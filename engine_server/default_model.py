@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from engine_server.config import DEFAULT_MODEL_NAME
 
@@ -95,6 +96,7 @@ def prepare(cache_dir: Path, fmt: str = "hf", progress: Progress | None = None) 
         report(f"preparing the default model {DEFAULT_MODEL_NAME} ({fmt}) in {final}")
         started = time.monotonic()
         build = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        build.chmod(0o755)  # mkdtemp makes it private; a shared cache must be readable by the serving user
         try:
             _BUILDERS[fmt](Path(cache_dir), build, _Steps(report))
             _write_marker(build, fmt)
@@ -152,13 +154,13 @@ def _convert_hf(gguf: Path, out: Path, step: _Steps) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with step("converting the tokenizer from GGUF", expect="about a minute"):
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer: Any = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The GGUF conversion does not add BOS in every transformers version, and Gemma without BOS writes
     # garbage. The setter rewrites the tokenizer.json post-processor, which is what a reload honours.
     tokenizer.add_bos_token = True
     tokenizer.chat_template = CHAT_TEMPLATE
     with step("converting the weights from GGUF", expect="about a minute"):
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The weights are dequantized by now; the GGUF quantizer marker only makes save_pretrained refuse.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -183,6 +185,11 @@ def _verify_hf(out: Path) -> None:
     ids = tokenizer("hi")["input_ids"]
     if ids[:1] != [BOS_ID] or ids[1:2] == [BOS_ID]:
         raise PrepareError(f"the converted tokenizer does not start 'hi' with one <bos> ({BOS_ID}): {ids}")
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
+    if "<start_of_turn>model\n" not in chat:
+        raise PrepareError(f"the saved chat template does not render Gemma turns: {chat!r}")
     config = json.loads((out / "config.json").read_text())
     if "quantization_config" in config:
         raise PrepareError("the saved config.json still has a quantization_config")
@@ -198,6 +205,7 @@ def _write_marker(build: Path, fmt: str) -> None:
             while block := f.read(1 << 20):
                 digest.update(block)
             os.fsync(f.fileno())  # the data must be on disk before the marker claims it is complete
+        path.chmod(0o644)  # save_pretrained writes the weights owner-only
         files[str(path.relative_to(build))] = {"size": path.stat().st_size, "sha256": digest.hexdigest()}
     marker = {"model": DEFAULT_MODEL_NAME, "format": fmt, "version": VERSION, "files": files}
     with (build / MARKER).open("w") as f:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -217,7 +217,7 @@ class Serving:
             "usage": usage,
         }
 
-    async def chunks(self, prepared: Prepared) -> AsyncIterator[dict[str, Any]]:
+    async def chunks(self, prepared: Prepared) -> AsyncGenerator[dict[str, Any], None]:
         """Streaming chunks. The first chunk of each choice carries its first text: no empty role-only chunk."""
         chat = prepared.kind == "chat"
         head = {

@@ -17,7 +17,7 @@ from backends.base import (
     TokenLogprob,
 )
 
-REPLY = "the quick brown fox jumps over the lazy dog".split()
+REPLY = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog"]
 
 
 class FakeEngine:
@@ -57,7 +57,9 @@ class FakeEngine:
                         index=i,
                         text=(" " if step else "") + word,
                         num_tokens=1,
-                        logprobs=None if s.logprobs is None else [TokenLogprob(word, -0.5, (((word, -0.5),) * s.logprobs))],
+                        logprobs=None
+                        if s.logprobs is None
+                        else [TokenLogprob(word, -0.5, (((word, -0.5),) * s.logprobs))],
                         finish_reason=("length" if step == s.max_tokens - 1 else "stop") if last else None,
                     )
                     for i in range(s.n)
@@ -85,7 +87,10 @@ class FakeEngine:
         return ([1] if add_special_tokens else []) + [ord(c) % 256 for c in text]
 
     def render_chat(
-        self, messages: list[dict[str, Any]], chat_template: str | None = None, template_kwargs: dict[str, Any] | None = None
+        self,
+        messages: list[dict[str, Any]],
+        chat_template: str | None = None,
+        template_kwargs: dict[str, Any] | None = None,
     ) -> str:
         return "".join(f"<{m['role']}>{m.get('content', '')}" for m in messages) + "<assistant>"
 

@@ -1,0 +1,112 @@
+"""Shared fixtures: the tiny test model, and one real server per backend for the whole session."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.models.make_tiny_model import build as build_tiny_model
+
+ROOT = Path(__file__).resolve().parent.parent
+STARTUP_TIMEOUT_S = 600
+
+
+@dataclass
+class LiveServer:
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    model: str
+
+    def metric(self, name: str) -> float:
+        for line in httpx.get(f"{self.base_url}/metrics").text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        raise KeyError(name)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def engine_server_command() -> list[str]:
+    return [sys.executable, "-m", "engine_server.cli"]
+
+
+def start_server(args: list[str], log: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    cmd = [*engine_server_command(), "--host", "127.0.0.1", "--port", str(port), *args]
+    with log.open("wb") as out:
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    return process, f"http://127.0.0.1:{port}"
+
+
+def wait_healthy(
+    process: subprocess.Popen[bytes], base_url: str, log: Path, timeout: float = STARTUP_TIMEOUT_S
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"the server was not healthy after {timeout} s:\n{log.read_text()[-4000:]}")
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 60) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    return build_tiny_model()
+
+
+# Backends the end-to-end suite runs against, with the flags each needs for the tiny model.
+BACKENDS = {"cpu": ["--hw-mode", "cpu", "--kv-cache-space", "1", "--dtype", "float32"]}
+
+
+@pytest.fixture(scope="session", params=sorted(BACKENDS))
+def server(
+    request: pytest.FixtureRequest, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    log = tmp_path_factory.mktemp("server") / f"{request.param}.log"
+    args = [
+        *BACKENDS[request.param],
+        "--model",
+        str(tiny_model),
+        "--max-model-len",
+        "512",
+        "--served-model-name",
+        "tiny",
+    ]
+    process, base_url = start_server(args, log)
+    try:
+        wait_healthy(process, base_url, log)
+        yield LiveServer(base_url, process, log, "tiny")
+    finally:
+        stop(process)
