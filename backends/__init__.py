@@ -20,4 +20,9 @@ def create_engine(config: Config, resolve_model: ModelResolver) -> Engine:
         from backends import vllm_cpu
 
         return vllm_cpu.create_engine(config, resolve_model)
+    if config.hw_mode == "hpu":
+        from backends import hpu
+
+        hpu.check_available(config)
+        return hpu.create_engine(config, resolve_model)
     raise BackendUnavailableError(f"hw_mode {config.hw_mode!r} is not available in this build")

@@ -38,6 +38,7 @@ def engine_args(config: Config, native_bf16: bool) -> dict[str, Any]:
         "enable_prefix_caching": config.enable_prefix_caching,
         "trust_remote_code": config.trust_remote_code,
         "tensor_parallel_size": config.parallel_number,
+        "pipeline_parallel_size": config.pipeline_parallel_size,
     }
     optional = {
         "max_model_len": config.max_model_len,
@@ -45,6 +46,7 @@ def engine_args(config: Config, native_bf16: bool) -> dict[str, Any]:
         "max_num_seqs": config.max_num_seqs,
         "max_num_batched_tokens": config.max_num_batched_tokens,
         "enable_chunked_prefill": config.enable_chunked_prefill,
+        "distributed_executor_backend": config.distributed_executor_backend,
     }
     args.update({k: v for k, v in optional.items() if v is not None})
     return args

@@ -15,6 +15,7 @@ from typing import Any
 HW_MODES = ("cpu", "hpu", "openvino")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+EXECUTOR_BACKENDS = ("mp", "ray")
 DEFAULT_MODEL_NAME = "gemma-3-270m"
 
 
@@ -115,9 +116,21 @@ class Config:
         "Tensor-parallel size: the number of cards (hpu) the model is split over.",
         env=("PARALLEL_NUMBER",),
     )
+    pipeline_parallel_size: int = option(
+        1,
+        "Pipeline-parallel size: the number of stages the model's layers are split into (e.g. one per host).",
+        env=("PIPELINE_PARALLEL_SIZE",),
+    )
+    distributed_executor_backend: str | None = option(
+        None,
+        "How vLLM runs its workers when the model spans several devices: mp (processes on this host) or ray "
+        "(a Ray cluster, needed to span hosts). Default: vLLM's choice (mp on one host).",
+        env=("DISTRIBUTED_EXECUTOR_BACKEND",),
+    )
     max_seq_len_to_capture: int | None = option(
         None,
-        "Longest sequence covered by graphs (hpu; see the Gaudi notes).",
+        "Accepted from the reference's launch scripts but without effect (a notice says so): vLLM >= 0.11 removed "
+        "it. On Gaudi, graph shapes follow the plugin's warm-up buckets (see docs/gaudi.md).",
         env=("MAX_SEQ_LEN_TO_CAPTURE",),
     )
     trust_remote_code: bool = option(
@@ -155,6 +168,15 @@ class Config:
         check(self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
         check(self.log_level in LOG_LEVELS, f"log_level must be one of {', '.join(LOG_LEVELS)}")
         check(self.parallel_number >= 1, f"parallel_number must be at least 1, got {self.parallel_number}")
+        check(
+            self.pipeline_parallel_size >= 1,
+            f"pipeline_parallel_size must be at least 1, got {self.pipeline_parallel_size}",
+        )
+        check(
+            self.distributed_executor_backend in (None, *EXECUTOR_BACKENDS),
+            f"distributed_executor_backend must be one of {', '.join(EXECUTOR_BACKENDS)}; "
+            f"got {self.distributed_executor_backend!r}",
+        )
         for name in (
             "max_model_len",
             "block_size",
