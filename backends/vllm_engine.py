@@ -193,6 +193,9 @@ class VllmEngine:
         if self._llm is not None:
             llm, self._llm = self._llm, None
             await asyncio.to_thread(llm.shutdown)
+            # AsyncLLM.__del__ shuts down again; run at interpreter exit, that second call fails on modules already
+            # torn down and prints a traceback. It is stopped already, so the second call has nothing to do.
+            llm.shutdown = lambda *args, **kwargs: None
 
 
 def render_chat(

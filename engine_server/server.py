@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -21,6 +25,22 @@ def configure_logging(level: str) -> None:
     )
 
 
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises SIGTERM once it has stopped, so the process would die by the signal (status -15);
+        # after a graceful stop we exit with 0 instead, which is what orchestrators expect.
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 def serve(config: Config, engine: Engine | None = None) -> int:
     """Serve until stopped; returns the process exit status."""
     configure_logging(config.log_level)
@@ -31,7 +51,7 @@ def serve(config: Config, engine: Engine | None = None) -> int:
         server.should_exit = True
 
     app = create_app(config, engine=engine, on_fatal=on_fatal)
-    server = uvicorn.Server(
+    server = _Server(
         uvicorn.Config(
             app,
             host=config.host,
