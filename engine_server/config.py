@@ -7,6 +7,7 @@ so the CLI, the README table and the validation all come from this one place.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 HW_MODES = ("cpu", "hpu", "openvino")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+KV_CACHE_PRECISIONS = ("u8", "f16", "bf16", "f32")
+DEVICE_PATTERN = re.compile(r"CPU|GPU(\.\d+)?")
 EXECUTOR_BACKENDS = ("mp", "ray")
 DEFAULT_MODEL_NAME = "gemma-3-270m"
 
@@ -80,9 +83,25 @@ class Config:
     )
     kv_cache_space: float | None = option(
         None,
-        "KV-cache size in GiB (vLLM CPU). Default: vLLM's.",
-        env=("VLLM_CPU_KVCACHE_SPACE",),
+        "KV-cache size in GiB (cpu, openvino; whole GiB on openvino). Default: 4.",
+        env=("VLLM_CPU_KVCACHE_SPACE", "VLLM_OPENVINO_KVCACHE_SPACE"),
         flag="--kv-cache-space",
+    )
+    kv_cache_precision: str | None = option(
+        None,
+        f"KV-cache element type (openvino): one of {', '.join(KV_CACHE_PRECISIONS)}; u8 holds more tokens than f16 "
+        "in the same space. Default: the device's.",
+        env=("VLLM_OPENVINO_CPU_KV_CACHE_PRECISION",),
+    )
+    device: str = option(
+        "CPU",
+        "Device the openvino backend runs on: CPU, GPU (the first Intel GPU) or GPU.N.",
+        env=("VLLM_OPENVINO_DEVICE", "ENGINE_SERVER_DEVICE"),
+    )
+    quantized_weights: bool = option(
+        False,
+        "Compress the weights to int8 when exporting a Hugging Face checkpoint to OpenVINO (openvino).",
+        env=("VLLM_OPENVINO_ENABLE_QUANTIZED_WEIGHTS",),
     )
     block_size: int | None = option(
         None, "KV-cache block size in tokens (default: the backend's; 128 on Gaudi).", env=("BLOCK_SIZE",)
@@ -156,6 +175,7 @@ class Config:
             object.__setattr__(self, "cache_dir", _default_cache_dir())
         if self.hf_token is not None and not isinstance(self.hf_token, Secret):
             object.__setattr__(self, "hf_token", Secret(self.hf_token))
+        object.__setattr__(self, "device", self.device.strip().upper())  # the seed's `-d gpu` means GPU
         self._validate()
 
     def _validate(self) -> None:
@@ -191,6 +211,19 @@ class Config:
             f"kv_cache_space must be a positive number of GiB, got {self.kv_cache_space}",
         )
         check(self.model is None or self.model.strip() != "", "model must not be empty")
+        check(
+            self.kv_cache_precision in (None, *KV_CACHE_PRECISIONS),
+            f"kv_cache_precision must be one of {', '.join(KV_CACHE_PRECISIONS)}; got {self.kv_cache_precision!r}",
+        )
+        check(
+            DEVICE_PATTERN.fullmatch(self.device) is not None,
+            f"device must be CPU, GPU or GPU.N (N: the GPU's number); got {self.device!r}",
+        )
+        # OpenVINO's scheduler takes the KV-cache size in whole GiB.
+        check(
+            self.hw_mode != "openvino" or self.kv_cache_space is None or float(self.kv_cache_space).is_integer(),
+            f"kv_cache_space must be a whole number of GiB on openvino, got {self.kv_cache_space}",
+        )
 
     @property
     def model_name(self) -> str:
