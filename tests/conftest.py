@@ -27,6 +27,7 @@ class LiveServer:
     process: subprocess.Popen[bytes]
     log: Path
     model: str
+    first_health_status: int | None = None  # what /health answered first, while the engine was starting
 
     def metric(self, name: str) -> float:
         for line in httpx.get(f"{self.base_url}/metrics").text.splitlines():
@@ -55,17 +56,21 @@ def start_server(args: list[str], log: Path, env: dict[str, str] | None = None) 
 
 def wait_healthy(
     process: subprocess.Popen[bytes], base_url: str, log: Path, timeout: float = STARTUP_TIMEOUT_S
-) -> None:
+) -> int | None:
+    """Wait for /health to answer 200; returns the first status it answered."""
     deadline = time.monotonic() + timeout
+    first: int | None = None
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
         try:
-            if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
-                return
+            status = httpx.get(f"{base_url}/health", timeout=2).status_code
+            first = status if first is None else first
+            if status == 200:
+                return first
         except httpx.TransportError:
             pass
-        time.sleep(0.5)
+        time.sleep(0.2)
     process.kill()
     raise RuntimeError(f"the server was not healthy after {timeout} s:\n{log.read_text()[-4000:]}")
 
@@ -100,13 +105,13 @@ def server(
         "--model",
         str(tiny_model),
         "--max-model-len",
-        "512",
+        "2048",
         "--served-model-name",
         "tiny",
     ]
     process, base_url = start_server(args, log)
     try:
-        wait_healthy(process, base_url, log)
-        yield LiveServer(base_url, process, log, "tiny")
+        first_status = wait_healthy(process, base_url, log)
+        yield LiveServer(base_url, process, log, "tiny", first_status)
     finally:
         stop(process)

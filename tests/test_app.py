@@ -61,7 +61,9 @@ def test_health_is_503_while_loading_then_200() -> None:
 
 
 def test_chat_completion_shape(client: TestClient) -> None:
-    r = client.post(CHAT, json={"model": "${model_name}", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+    r = client.post(
+        CHAT, json={"model": "${model_name}", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    )
     assert r.status_code == 200
     body = r.json()
     assert body["object"] == "chat.completion" and body["model"] == "fake-model"
@@ -111,7 +113,10 @@ def test_completions_list_prompt_with_n(client: TestClient) -> None:
         ({"messages": []}, "messages"),
         ({"messages": ""}, "messages"),
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages.0.content.0.type"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+            "messages.0.content.0.type",
+        ),
         ({"messages": "x", "temperature": "hot"}, "temperature"),
         ({"messages": "x", "temperature": -1}, "temperature"),
         ({"messages": "x", "top_p": 0}, "top_p"),
@@ -164,7 +169,9 @@ def test_error_after_stream_started_is_an_event_then_done() -> None:
 
 
 def test_strict_model_name_refuses_other_names(engine: FakeEngine) -> None:
-    with TestClient(create_app(Config(model="m", served_model_name="mine", strict_model_name=True), engine=engine)) as c:
+    with TestClient(
+        create_app(Config(model="m", served_model_name="mine", strict_model_name=True), engine=engine)
+    ) as c:
         wait_ready(c)
         r = c.post(CHAT, json={"model": "other", "messages": "x", "max_tokens": 1})
         assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"

@@ -20,6 +20,15 @@ SEED_CURL_BODIES = [  # the reference service's README lines, sent verbatim
 ]
 USER = [{"role": "user", "content": "The capital of France is"}]
 GREEDY = {"temperature": 0, "max_tokens": 12}
+LONG = 2000  # output tokens: many seconds of decoding, far longer than FREED_WITHIN_S
+FREED_WITHIN_S = 2.0
+
+
+def assert_engine_idle_within(server: LiveServer, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while server.metric("engine_server_requests_running") + server.metric("engine_server_requests_waiting") > 0:
+        assert time.monotonic() < deadline, "the engine still runs the abandoned request"
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +45,10 @@ def chat_text(client: openai.OpenAI, **kwargs: object) -> str:
 def test_models_lists_the_served_model(client: openai.OpenAI) -> None:
     models = client.models.list().data
     assert [m.id for m in models] == ["tiny"]
+
+
+def test_port_answered_503_while_the_engine_started(server: LiveServer) -> None:
+    assert server.first_health_status == 503
 
 
 def test_health_routes(server: LiveServer) -> None:
@@ -195,8 +208,8 @@ def test_chat_template_override_and_content_parts(client: openai.OpenAI, server:
 @pytest.mark.parametrize(
     "body,param",
     [
-        ({"messages": "word " * 600}, "messages"),
-        ({"messages": "hi", "max_tokens": 600}, "max_tokens"),
+        ({"messages": "word " * 2100}, "messages"),
+        ({"messages": "hi", "max_tokens": 2100}, "max_tokens"),
         ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
         ({"messages": []}, "messages"),
         ({"messages": "hi", "top_k": "many"}, "top_k"),
@@ -215,13 +228,26 @@ def test_bad_input_gets_400_and_the_server_still_serves(
     assert chat_text(client, max_tokens=2)
 
 
+def test_long_request_takes_longer_than_the_freeing_deadline(client: openai.OpenAI) -> None:
+    # What makes the two disconnect tests meaningful: finishing on its own would take far longer than FREED_WITHIN_S.
+    started = time.monotonic()
+    r = client.completions.create(model="tiny", prompt="story", max_tokens=100, extra_body={"ignore_eos": True})
+    per_token = (time.monotonic() - started) / 100
+    assert r.usage is not None and r.usage.completion_tokens == 100
+    assert per_token * LONG > 2 * FREED_WITHIN_S
+
+
 def test_client_disconnect_mid_stream_frees_the_engine(server: LiveServer) -> None:
-    body = {"messages": "story", "max_tokens": 400, "ignore_eos": True, "stream": True}
+    body = {"messages": "story", "max_tokens": LONG, "ignore_eos": True, "stream": True}
     with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=30) as r:
         lines = r.iter_lines()
         assert next(line for line in lines if line.startswith("data:"))
         assert server.metric("engine_server_requests_running") == 1
-    deadline = time.monotonic() + 10
-    while server.metric("engine_server_requests_running") + server.metric("engine_server_requests_waiting") > 0:
-        assert time.monotonic() < deadline, "the engine still runs the abandoned request"
-        time.sleep(0.1)
+    assert_engine_idle_within(server, FREED_WITHIN_S)
+
+
+def test_client_timeout_on_non_streaming_request_frees_the_engine(server: LiveServer) -> None:
+    body = {"messages": "story", "max_tokens": LONG, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=httpx.Timeout(30, read=0.5))
+    assert_engine_idle_within(server, FREED_WITHIN_S)
