@@ -49,6 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def options_table() -> str:
+    """The README's configuration table, from the same field metadata as the flags."""
+    rows = ["| Flag | Environment | Default | Meaning |", "|---|---|---|---|"]
+    for f in option_fields():
+        default = default_of(f)
+        env = ", ".join(f"`{name}`" for name in f.metadata["env"])
+        shown = "" if default is None else f"`{default}`"
+        rows.append(f"| `{flag_of(f)}` | {env} | {shown} | {f.metadata['help']} |")
+    return "\n".join(rows) + "\n"
+
+
 def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> tuple[str, Config]:
     """Parse flags over environment over defaults; returns the command and the validated Config."""
     args = build_parser().parse_args(argv)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from engine_server.cli import build_parser, load_config
+from engine_server.cli import build_parser, load_config, options_table
 from engine_server.config import Config, ConfigError, Secret, flag_of, option_fields
+from tests.conftest import ROOT
 
 
 def test_defaults_match_the_reference_service() -> None:
@@ -80,3 +82,12 @@ def test_every_config_field_has_a_flag_and_env_var_in_help() -> None:
         assert f.metadata["env"], f"{f.name} has no environment variable"
         for env in f.metadata["env"]:
             assert env in help_text, f"{env} is not documented in --help"
+
+
+def test_readme_configuration_table_is_current() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = re.search(r"<!-- config-table -->\n(.*?)<!-- /config-table -->", readme, re.S)
+    assert table, "README lost its configuration table"
+    assert table.group(1) == options_table(), (
+        "regenerate it: python -c 'from engine_server.cli import options_table as t; print(t())'"
+    )
