@@ -169,12 +169,49 @@ class Config:
         env=("ENGINE_SERVER_CACHE_DIR",),
     )
     log_level: str = option("info", "Log level: debug, info, warning, error.", env=("LOG_LEVEL",))
+    log_format: str = option(
+        "json", "Log format: json (one object per line, with the request id) or text.", env=("LOG_FORMAT",)
+    )
+    api_key: Secret | None = option(
+        None,
+        "API key(s), comma-separated: when set, every route except /health and /v1/health_check needs "
+        "'Authorization: Bearer <key>'.",
+        env=("ENGINE_SERVER_API_KEY", "VLLM_API_KEY"),
+    )
+    max_concurrent_requests: int = option(
+        256,
+        "Most generation requests admitted at once (running + queued); beyond it a 429 with Retry-After.",
+        env=("MAX_CONCURRENT_REQUESTS",),
+    )
+    max_request_body_bytes: int = option(
+        4 * 1024 * 1024, "Largest request body accepted; larger ones get a 413.", env=("MAX_REQUEST_BODY_BYTES",)
+    )
+    max_n: int = option(16, "Largest 'n' (choices per request) accepted.", env=("MAX_N",))
+    max_tokens_limit: int | None = option(
+        None, "Largest 'max_tokens' accepted (default: only the context length bounds it).", env=("MAX_TOKENS_LIMIT",)
+    )
+    request_timeout: float | None = option(
+        None, "Seconds a generation request may run before it is aborted (default: no limit).", env=("REQUEST_TIMEOUT",)
+    )
+    keep_alive_timeout: float = option(
+        5.0, "Seconds an idle keep-alive connection stays open.", env=("KEEP_ALIVE_TIMEOUT",)
+    )
+    max_header_bytes: int = option(
+        16 * 1024, "Largest request head (request line and headers) accepted.", env=("MAX_HEADER_BYTES",)
+    )
+    shutdown_grace: float = option(
+        30.0,
+        "On SIGTERM: seconds in-flight requests get to finish before they are cut and the engine stops.",
+        env=("SHUTDOWN_GRACE",),
+    )
 
     def __post_init__(self) -> None:
         if self.cache_dir is None:
             object.__setattr__(self, "cache_dir", _default_cache_dir())
         if self.hf_token is not None and not isinstance(self.hf_token, Secret):
             object.__setattr__(self, "hf_token", Secret(self.hf_token))
+        if self.api_key is not None and not isinstance(self.api_key, Secret):
+            object.__setattr__(self, "api_key", Secret(self.api_key))
         object.__setattr__(self, "device", self.device.strip().upper())  # the seed's `-d gpu` means GPU
         self._validate()
 
@@ -186,6 +223,16 @@ class Config:
         check(1 <= self.port <= 65535, f"port must be between 1 and 65535, got {self.port}")
         check(self.hw_mode in HW_MODES, f"hw_mode must be one of {', '.join(HW_MODES)}; got {self.hw_mode!r}")
         check(self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
+        check(self.log_format in ("json", "text"), f"log_format must be json or text, got {self.log_format!r}")
+        for name in ("max_concurrent_requests", "max_request_body_bytes", "max_n", "max_header_bytes"):
+            check(getattr(self, name) >= 1, f"{name} must be a positive integer, got {getattr(self, name)}")
+        check(self.max_tokens_limit is None or self.max_tokens_limit >= 1, "max_tokens_limit must be positive")
+        for name in ("request_timeout", "keep_alive_timeout", "shutdown_grace"):
+            value = getattr(self, name)
+            check(value is None or value > 0, f"{name} must be a positive number of seconds, got {value}")
+        check(
+            self.api_key is None or all(k.strip() for k in self.api_key.reveal().split(",")), "api_key has an empty key"
+        )
         check(self.log_level in LOG_LEVELS, f"log_level must be one of {', '.join(LOG_LEVELS)}")
         check(self.parallel_number >= 1, f"parallel_number must be at least 1, got {self.parallel_number}")
         check(
