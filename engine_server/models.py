@@ -17,6 +17,8 @@ class ModelUnavailableError(RuntimeError):
 
 def resolve(config: Config, fmt: str = "hf") -> str:
     """A local directory holding the model in the backend's format (fmt), preparing or downloading it if needed."""
+    if fmt == "openvino":
+        return _openvino(config)
     if config.model is None:
         from engine_server import default_model
 
@@ -30,6 +32,23 @@ def resolve(config: Config, fmt: str = "hf") -> str:
             "Fix: pass --model with a directory that exists, or unset it to serve the built-in default model."
         )
     return _from_hub(config.model, config.hf_token.reveal() if config.hf_token else None)
+
+
+def _openvino(config: Config) -> str:
+    """A directory already in OpenVINO IR is served as is; a Hugging Face checkpoint is exported once into the cache."""
+    from engine_server import openvino_export
+
+    source = Path(resolve(config, "hf"))
+    if openvino_export.is_openvino_ir(source):
+        return str(source)
+    settings = openvino_export.ExportSettings(
+        weight_format=openvino_export.weight_format(config.quantized_weights, config.dtype),
+        trust_remote_code=config.trust_remote_code,
+    )
+    try:
+        return str(openvino_export.export(source, config.cache_dir, settings, progress=logger.info))
+    except openvino_export.ExportError as exc:
+        raise ModelUnavailableError(str(exc)) from None
 
 
 def _from_hub(repo_id: str, token: str | None) -> str:

@@ -1,0 +1,379 @@
+"""OpenVINO GenAI's ContinuousBatchingPipeline in this process, behind the Engine protocol.
+
+One thread owns the pipeline: it adds requests, steps, reads each request's new tokens, detokenizes them and
+cancels; nothing else calls the pipeline. Outputs reach each request's asyncio queue through
+loop.call_soon_threadsafe, so the event loop never waits on the pipeline. (The binding's step() keeps the GIL, so
+Python code in the event loop runs between steps rather than during them; a step of a small model takes
+milliseconds.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import itertools
+import json
+import logging
+import queue
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from backends.base import (
+    CompletionDelta,
+    EngineDeadError,
+    EngineError,
+    EngineNotReadyError,
+    EngineStats,
+    GenerateRequest,
+    ModelInfo,
+    ModelResolver,
+    StepOutput,
+)
+from backends.chat import render_chat
+from backends.openvino_request import OpenVinoRequest
+from backends.openvino_sampling import check_supported, generation_config, openvino_message
+
+if TYPE_CHECKING:
+    from engine_server.config import Config
+
+logger = logging.getLogger("engine_server.openvino")
+
+DEFAULT_KV_CACHE_GIB = 4  # as the cpu backend
+INFERENCE_PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}  # dtype "auto": the device's choice
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    device: str = "CPU"
+    kv_cache_gib: int = DEFAULT_KV_CACHE_GIB
+    kv_cache_precision: str | None = None  # None: the device's default (u8 on CPU)
+    inference_precision: str | None = None
+    enable_prefix_caching: bool = True
+    dynamic_split_fuse: bool | None = None  # chunked prefill; None: OpenVINO's default (on)
+    max_num_batched_tokens: int | None = None
+    max_num_seqs: int | None = None
+    max_model_len: int | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class KvCacheReport:
+    """The KV cache as the pipeline reports it (not as configured): measured with a one-block request at start."""
+
+    size_bytes: int
+    num_blocks: int
+    block_bytes: int
+
+
+def settings_from_config(config: Config) -> PipelineSettings:
+    space = config.kv_cache_space if config.kv_cache_space is not None else DEFAULT_KV_CACHE_GIB
+    return PipelineSettings(
+        device=config.device,
+        kv_cache_gib=int(space),
+        kv_cache_precision=config.kv_cache_precision,
+        inference_precision=INFERENCE_PRECISIONS.get(config.dtype),
+        enable_prefix_caching=config.enable_prefix_caching,
+        dynamic_split_fuse=config.enable_chunked_prefill,
+        max_num_batched_tokens=config.max_num_batched_tokens,
+        max_num_seqs=config.max_num_seqs,
+        max_model_len=config.max_model_len,
+        trust_remote_code=config.trust_remote_code,
+    )
+
+
+def check_available(config: Config, dri: Path = Path("/dev/dri")) -> None:
+    """Raise BackendUnavailableError naming what is missing, before anything heavy is imported."""
+    from backends import BackendUnavailableError
+
+    if importlib.util.find_spec("openvino_genai") is None:
+        raise BackendUnavailableError(
+            f"hw_mode openvino needs OpenVINO GenAI, which this Python ({sys.executable}) does not have. "
+            "Fix: run scripts/setup and start .venv-openvino/bin/engine-server, or use the openvino image."
+        )
+    if config.device.startswith("GPU") and not any(dri.glob("renderD*")):
+        raise BackendUnavailableError(
+            f"device {config.device} needs an Intel GPU, and {dri} has no render node. Fix: install the GPU driver; "
+            "in a container pass --device /dev/dri --group-add render (docs/openvino.md)."
+        )
+
+
+def create_engine(config: Config, resolve_model: ModelResolver) -> OpenVinoEngine:
+    return OpenVinoEngine(settings_from_config(config), partial(resolve_model, "openvino"))
+
+
+class OpenVinoEngine:
+    backend = "openvino"
+
+    def __init__(self, settings: PipelineSettings, resolve_model: Callable[[], str]) -> None:
+        self.settings = settings
+        self._resolve_model = resolve_model
+        self._pipe: Any = None
+        self._tokenizer: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._commands: queue.SimpleQueue[tuple[str, OpenVinoRequest | None]] = queue.SimpleQueue()
+        self._active: dict[int, OpenVinoRequest] = {}  # pipeline id -> request; stepping thread only
+        self._by_id: dict[str, OpenVinoRequest] = {}  # request_id -> request; event loop only
+        self._ids = itertools.count()
+        self._metrics: Any = None
+        self._dead: str | None = None
+        self.kv_cache: KvCacheReport | None = None
+
+    # -- starting ------------------------------------------------------------------------------------------------
+
+    async def start(self) -> ModelInfo:
+        model = await asyncio.to_thread(self._resolve_model)
+        info = await asyncio.to_thread(self._load, model)
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="openvino-steps", daemon=True)
+        self._thread.start()
+        return info
+
+    def _load(self, model: str) -> ModelInfo:
+        import openvino_genai
+        from transformers import AutoTokenizer
+
+        s = self.settings
+        config = _model_config(Path(model))
+        max_model_len = s.max_model_len or int(config.get("max_position_embeddings") or 0)
+        if max_model_len <= 0:
+            raise EngineError(f"{model}/config.json gives no context length: pass --max-model-len")
+        scheduler = openvino_genai.SchedulerConfig()
+        scheduler.cache_size = s.kv_cache_gib
+        scheduler.enable_prefix_caching = s.enable_prefix_caching
+        if s.dynamic_split_fuse is not None:
+            scheduler.dynamic_split_fuse = s.dynamic_split_fuse
+        if s.max_num_seqs is not None:
+            scheduler.max_num_seqs = s.max_num_seqs
+        if s.max_num_batched_tokens is not None:
+            scheduler.max_num_batched_tokens = s.max_num_batched_tokens
+        elif not scheduler.dynamic_split_fuse:
+            # Unsplit prompts must fit one step, or the scheduler drops them as out of memory.
+            scheduler.max_num_batched_tokens = max(scheduler.max_num_batched_tokens, max_model_len)
+        properties = {}
+        if s.kv_cache_precision:
+            properties["KV_CACHE_PRECISION"] = s.kv_cache_precision
+        if s.inference_precision:
+            properties["INFERENCE_PRECISION_HINT"] = s.inference_precision
+        logger.info("starting the OpenVINO pipeline on %s: %s %s", s.device, scheduler.to_string(), properties)
+        try:
+            self._pipe = openvino_genai.ContinuousBatchingPipeline(model, scheduler, s.device, properties)
+        except RuntimeError as exc:
+            raise EngineError(f"OpenVINO could not load {model} on {s.device}: {openvino_message(exc)}") from None
+        self._tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=s.trust_remote_code)
+        defaults = self._pipe.get_config()
+        self._eos_token_id = int(defaults.eos_token_id)
+        self._stop_token_ids = {int(t) for t in defaults.stop_token_ids}
+        self._vocab_size = int(config.get("vocab_size") or len(self._tokenizer))
+        self.kv_cache = self._warm_up()
+        logger.info(
+            "KV cache as the pipeline reports it: size_bytes=%d num_blocks=%d block_bytes=%d",
+            self.kv_cache.size_bytes,
+            self.kv_cache.num_blocks,
+            self.kv_cache.block_bytes,
+        )
+        return ModelInfo(model, max_model_len, self.backend, openvino_genai.__version__)
+
+    def _warm_up(self) -> KvCacheReport:
+        """One one-token request: compiles the first step's kernels now rather than in a user's request, and
+        shows how many blocks the cache has (one block in use reads as 1/num_blocks)."""
+        import numpy as np
+        import openvino
+        import openvino_genai
+
+        config = openvino_genai.GenerationConfig()
+        config.max_new_tokens = 1
+        config.ignore_eos = True
+        prompt = openvino.Tensor(np.array([[self._eos_token_id]], dtype=np.int64))
+        handle = self._pipe.add_request(next(self._ids), prompt, config)  # dropping the handle stops the request
+        m = None
+        while self._pipe.has_non_finished_requests():
+            self._pipe.step()
+            m = self._pipe.get_metrics()
+        del handle
+        self._pipe.step()  # a step with no requests resets the metrics to idle
+        self._metrics = self._pipe.get_metrics()
+        size = int(m.kv_cache_size_in_bytes) if m is not None else 0
+        num_blocks = round(100 / m.cache_usage) if m is not None and m.cache_usage > 0 else 0
+        return KvCacheReport(size, num_blocks, size // num_blocks if num_blocks else 0)
+
+    # -- the stepping thread ---------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                # Idle (nothing to run, metrics already show it): sleep until a command comes.
+                idle = not self._pipe.has_non_finished_requests() and self._metrics.requests == 0
+                if not self._take_commands(block=idle):
+                    return
+                self._pipe.step()
+                self._metrics = self._pipe.get_metrics()
+                for req in list(self._active.values()):
+                    self._deliver(req)
+        except Exception as exc:
+            logger.exception("the OpenVINO pipeline failed")
+            self._dead = f"the OpenVINO pipeline failed: {openvino_message(exc)}"
+            self._fail_all(EngineDeadError(self._dead))
+
+    def _fail_all(self, error: EngineError) -> None:
+        """Answer every request, running or still queued, with error (the pipeline runs no more)."""
+        pending = list(self._active.values())
+        self._active.clear()
+        while True:
+            try:
+                command, req = self._commands.get(block=False)
+            except queue.Empty:
+                break
+            if command == "add" and req is not None:
+                pending.append(req)
+        for req in pending:
+            self._finish(req, error)
+
+    def _take_commands(self, block: bool) -> bool:
+        """Run queued add/cancel commands; False on stop."""
+        while True:
+            try:
+                command, req = self._commands.get(block=block)
+            except queue.Empty:
+                return True
+            block = False
+            if command == "stop":
+                self._fail_all(EngineError("the server is shutting down"))
+                return False
+            assert req is not None
+            if command == "add":
+                self._add(req)
+            elif command == "cancel":
+                self._cancel(req)
+
+    def _add(self, req: OpenVinoRequest) -> None:
+        import numpy as np
+        import openvino
+
+        prompt = openvino.Tensor(np.array([req.request.prompt_token_ids], dtype=np.int64))
+        req.pipeline_id = next(self._ids)
+        try:
+            req.handle = self._pipe.add_request(req.pipeline_id, prompt, req.config)
+        except RuntimeError as exc:
+            self._finish(req, EngineError(f"OpenVINO refused the request: {openvino_message(exc)}"))
+            return
+        self._active[req.pipeline_id] = req
+
+    def _cancel(self, req: OpenVinoRequest) -> None:
+        # cancel() marks it; the next step() frees its sequences and KV blocks (a step follows every command).
+        if req.pipeline_id is not None and self._active.pop(req.pipeline_id, None) is not None:
+            req.handle.cancel()
+
+    def _deliver(self, req: OpenVinoRequest) -> None:
+        status = req.handle.get_status().name  # read before the outputs: nothing changes until the next step()
+        if status == "IGNORED":
+            self._finish(req, EngineError("the KV cache cannot hold this request: raise --kv-cache-space"))
+            return
+        deltas = []
+        while req.handle.can_read():
+            deltas += req.take(req.handle.read())
+        if status == "FINISHED":
+            deltas += req.close()
+        elif req.all_done:
+            req.handle.cancel()  # our stop-string match ended it before OpenVINO's own did
+        if req.all_done:
+            self._finish(req, req.step_output(deltas))
+        elif deltas:
+            self._post(req, req.step_output(deltas))
+
+    def _finish(self, req: OpenVinoRequest, item: StepOutput | BaseException) -> None:
+        req.finished = True
+        if req.pipeline_id is not None:
+            self._active.pop(req.pipeline_id, None)
+        self._post(req, item)
+
+    def _post(self, req: OpenVinoRequest, item: StepOutput | BaseException) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # RuntimeError: the event loop is closed, nobody waits any more
+            self._loop.call_soon_threadsafe(req.outputs.put_nowait, item)
+
+    # -- the event loop's side -----------------------------------------------------------------------------------
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[StepOutput]:
+        if self._dead is not None:
+            raise EngineDeadError(self._dead)
+        if self._thread is None:
+            raise EngineNotReadyError("the engine is still starting")
+        s = request.sampling
+        check_supported(s, self._vocab_size)
+        req = OpenVinoRequest(request, generation_config(s, self._eos_token_id, self._stop_token_ids), self._tokenizer)
+        self._by_id[request.request_id] = req
+        self._commands.put(("add", req))
+        try:
+            while True:
+                item = await req.outputs.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finished:
+                    return
+        finally:
+            # Closed early (client gone, CancelledError) or failed: the pipeline must stop working on it.
+            self._by_id.pop(request.request_id, None)
+            if not req.finished:
+                self._commands.put(("cancel", req))
+
+    async def abort(self, request_id: str) -> None:
+        req = self._by_id.get(request_id)
+        if req is None or req.finished:
+            return
+        self._commands.put(("cancel", req))
+        deltas = [CompletionDelta(i, "", 0, finish_reason="abort") for i in range(len(req.detoks))]
+        req.finished = True
+        req.outputs.put_nowait(StepOutput(len(req.request.prompt_token_ids), deltas, finished=True))
+
+    async def check_health(self) -> None:
+        if self._dead is not None:
+            raise EngineDeadError(self._dead)
+        if self._thread is None:
+            raise EngineNotReadyError("the engine is still starting")
+        if not self._thread.is_alive():
+            raise EngineDeadError("the OpenVINO stepping thread stopped")
+
+    def stats(self) -> EngineStats:
+        m = self._metrics
+        if m is None:
+            return EngineStats(num_running=0, num_waiting=0)
+        return EngineStats(
+            num_running=int(m.scheduled_requests),
+            num_waiting=max(int(m.requests) - int(m.scheduled_requests), 0),
+            kv_cache_usage=float(m.cache_usage) / 100,
+        )
+
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        chat_template: str | None = None,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> str:
+        return render_chat(self._tokenizer, messages, chat_template, template_kwargs)
+
+    async def shutdown(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._commands.put(("stop", None))
+            await asyncio.to_thread(thread.join)
+        self._pipe = None
+
+
+def _model_config(model: Path) -> dict[str, Any]:
+    """config.json, with a multimodal model's text settings (text_config) taking precedence."""
+    try:
+        config: dict[str, Any] = json.loads((model / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise EngineError(f"cannot read {model}/config.json: {exc}") from None
+    return {**config, **config.get("text_config", {})}

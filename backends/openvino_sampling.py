@@ -1,0 +1,115 @@
+"""SamplingOptions into OpenVINO GenAI's GenerationConfig, and a clear 400 for what OpenVINO cannot do.
+
+check_supported() imports nothing from OpenVINO, so the refusals are testable anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Set
+from typing import Any
+
+from backends.base import InvalidRequestError, SamplingOptions
+
+GREEDY_BELOW = 1e-5  # vLLM's threshold: a lower temperature means greedy decoding
+JSON_OBJECT_SCHEMA = {"type": "object"}
+
+
+def is_greedy(s: SamplingOptions) -> bool:
+    return s.temperature < GREEDY_BELOW
+
+
+def check_supported(s: SamplingOptions, vocab_size: int) -> None:
+    """Raise InvalidRequestError for a request OpenVINO would answer differently from what it asks."""
+    if s.logprobs is not None and s.logprobs > 1:
+        raise InvalidRequestError(
+            f"The openvino backend returns the chosen token's log-probability and no alternatives: top_logprobs "
+            f"(chat) or logprobs (completions) can be 0 or 1 here, not {s.logprobs}."
+        )
+    if s.logprobs == 1 and not _top_token_is_chosen(s):
+        raise InvalidRequestError(
+            "The openvino backend cannot list the most likely token beside the chosen one: with 1 top logprob, "
+            "use greedy decoding (temperature 0) without penalties, min_tokens or response_format; "
+            "or ask for 0 top logprobs."
+        )
+    if s.ignore_eos and s.stop_token_ids:
+        # OpenVINO's ignore_eos disables every stop token id, not only EOS.
+        raise InvalidRequestError(
+            "The openvino backend cannot combine ignore_eos with stop_token_ids: it would ignore both.",
+            param="stop_token_ids",
+        )
+    bad = [t for t in s.stop_token_ids if t >= vocab_size]
+    if bad:
+        raise InvalidRequestError(
+            f"stop_token_ids {bad} are outside the model's vocabulary (ids 0..{vocab_size - 1}).",
+            param="stop_token_ids",
+        )
+
+
+def _top_token_is_chosen(s: SamplingOptions) -> bool:
+    # OpenVINO's log-probabilities are the raw model's (as vLLM's are): under plain greedy decoding the chosen token
+    # is the raw distribution's most likely one, so it is its own top-1 alternative. Anything that reshapes the
+    # logits before the choice breaks that.
+    reshaped = (
+        s.repetition_penalty != 1.0
+        or s.frequency_penalty != 0.0
+        or s.presence_penalty != 0.0
+        or s.min_tokens > 0
+        or s.json_object
+        or s.json_schema is not None
+    )
+    return is_greedy(s) and not reshaped
+
+
+def generation_config(s: SamplingOptions, eos_token_id: int, stop_token_ids: Set[int]) -> Any:
+    """The GenerationConfig for one request; raises InvalidRequestError where OpenVINO's validation refuses it."""
+    import openvino_genai
+
+    c = openvino_genai.GenerationConfig()
+    c.max_new_tokens = s.max_tokens
+    c.min_new_tokens = s.min_tokens
+    c.ignore_eos = s.ignore_eos
+    c.eos_token_id = eos_token_id
+    c.stop_token_ids = set(stop_token_ids) | set(s.stop_token_ids)
+    if s.stop:
+        c.stop_strings = set(s.stop)
+        # The text is cut at the stop string by our detokenizer; OpenVINO only has to end the sequence there.
+        c.include_stop_str_in_output = True
+    c.num_return_sequences = s.n
+    c.repetition_penalty = s.repetition_penalty
+    c.frequency_penalty = s.frequency_penalty
+    c.presence_penalty = s.presence_penalty
+    # Without a seed each request gets its own: OpenVINO seeds every request with rng_seed, 0 by default.
+    c.rng_seed = s.seed if s.seed is not None else secrets.randbits(32)
+    c.logprobs = 1 if s.logprobs is not None else 0  # 0 reports 0.0 for greedy tokens: ask for the real value
+    if is_greedy(s):
+        if s.n > 1:
+            # OpenVINO runs n sequences only when sampling; sampling from the top-1 token is greedy decoding.
+            c.do_sample, c.temperature, c.top_k = True, 1.0, 1
+    else:
+        c.do_sample = True
+        c.temperature = s.temperature
+        c.top_p = s.top_p
+        if s.top_k > 0:
+            c.top_k = s.top_k
+        if s.min_p >= 1.0:
+            # OpenVINO takes min_p < 1 only; min_p=1 keeps just the most likely token, which is what top_k=1 keeps.
+            c.top_k = 1
+        elif s.min_p > 0:
+            c.min_p = s.min_p
+    if s.json_schema is not None or s.json_object:
+        schema = s.json_schema if s.json_schema is not None else JSON_OBJECT_SCHEMA
+        c.structured_output_config = openvino_genai.StructuredOutputConfig(json_schema=json.dumps(schema))
+    try:
+        c.validate()
+    except RuntimeError as exc:
+        raise InvalidRequestError(f"OpenVINO refused these sampling parameters: {openvino_message(exc)}") from None
+    return c
+
+
+def openvino_message(exc: BaseException) -> str:
+    """OpenVINO's own sentence, without the 'Exception from file:line' and 'Check ... failed at' lines around it."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
+    return " ".join(text or lines[-1:])

@@ -1,0 +1,208 @@
+"""A Hugging Face checkpoint exported once to OpenVINO IR with optimum-intel, into a cache keyed by source and settings.
+
+optimum-cli runs in a child process: its peak memory (the whole model in fp32 while tracing) must not stay with the
+server. Its output is forwarded as progress. The export is written into a temp dir beside the destination, checked,
+marked complete last and published by one rename, so an interrupted export is never served.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+logger = logging.getLogger("engine_server.openvino_export")
+
+Progress = Callable[[str], None]
+
+# Bump when the export changes what it writes, so caches made by older code are rebuilt, not served.
+VERSION = 1
+MARKER = "engine-server-export.json"
+IR_FILE = "openvino_model.xml"
+# ContinuousBatchingPipeline needs the tokenizer as OpenVINO models too: for stop strings and structured output.
+REQUIRED = (IR_FILE, "openvino_model.bin", "openvino_tokenizer.xml", "openvino_detokenizer.xml", "config.json")
+WEIGHT_FORMATS = ("fp32", "fp16", "int8")
+
+
+class ExportError(RuntimeError):
+    """The checkpoint cannot be exported here; the message names the cause and the fix."""
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    weight_format: str = "fp16"  # fp32, fp16 or int8 (the seed's VLLM_OPENVINO_ENABLE_QUANTIZED_WEIGHTS=ON)
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if self.weight_format not in WEIGHT_FORMATS:
+            raise ValueError(f"weight_format must be one of {', '.join(WEIGHT_FORMATS)}; got {self.weight_format!r}")
+
+
+def is_openvino_ir(path: Path) -> bool:
+    return (Path(path) / IR_FILE).is_file()
+
+
+def weight_format(quantized_weights: bool, dtype: str) -> str:
+    """int8 when asked for; else fp32 only when float32 was asked for: fp16 halves the file, and the device still
+    computes in its own precision (f32 on a CPU without native bf16)."""
+    if quantized_weights:
+        return "int8"
+    return "fp32" if dtype == "float32" else "fp16"
+
+
+def export_dir(source: Path, cache_dir: Path, settings: ExportSettings) -> Path:
+    return Path(cache_dir) / "openvino" / f"{Path(source).name}-{settings.weight_format}-{_key(source, settings)}"
+
+
+def is_exported(path: Path) -> bool:
+    """True only for a complete export: its marker is there and every file it lists has its size."""
+    try:
+        marker = json.loads((path / MARKER).read_text())
+        files = marker["files"]
+        if marker["version"] != VERSION or not set(REQUIRED) <= set(files):
+            return False
+        return all((path / name).stat().st_size == size for name, size in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def export(source: Path, cache_dir: Path, settings: ExportSettings, progress: Progress | None = None) -> Path:
+    """The OpenVINO IR directory for the checkpoint in source, exporting it first if the cache does not hold it."""
+    source = Path(source).resolve()
+    final = export_dir(source, cache_dir, settings)
+    if is_exported(final):
+        return final
+    report = progress or logger.info
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(final.parent / f".{final.name}.lock", report):
+        if is_exported(final):  # another process finished it while we waited for the lock
+            return final
+        for stale in [*final.parent.glob(f".{final.name}.tmp-*"), *([final] if final.exists() else [])]:
+            report(f"removing an incomplete earlier export: {stale}")
+            shutil.rmtree(stale)
+        report(f"exporting {source} to OpenVINO IR ({settings.weight_format} weights) in {final}")
+        started = time.monotonic()
+        build = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        build.chmod(0o755)  # mkdtemp makes it private; a shared cache must be readable by the serving user
+        try:
+            _run_optimum(source, build, settings, report)
+            _check(build)
+            _write_marker(build, source, settings)
+            os.rename(build, final)
+        except BaseException:  # KeyboardInterrupt too: never leave a half export behind if we can help it
+            shutil.rmtree(build, ignore_errors=True)
+            raise
+        _fsync(final.parent)
+        report(f"OpenVINO export ready in {time.monotonic() - started:.1f} s: {final}")
+    return final
+
+
+def _key(source: Path, settings: ExportSettings) -> str:
+    """Changes when the source's files, the settings or the exporting software change."""
+    source = Path(source).resolve()
+    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in source.iterdir() if p.is_file())
+    identity = {
+        "source": str(source),
+        "files": files,
+        "settings": asdict(settings),
+        "software": {name: _version(name) for name in ("optimum-intel", "openvino", "openvino-tokenizers")},
+        "version": VERSION,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def _run_optimum(source: Path, out: Path, settings: ExportSettings, report: Progress) -> None:
+    if importlib.util.find_spec("optimum") is None or importlib.util.find_spec("optimum.intel") is None:
+        raise ExportError(
+            f"{source} is a Hugging Face checkpoint and exporting it to OpenVINO needs optimum-intel, which this "
+            f"Python ({sys.executable}) does not have. Fix: run scripts/setup and start the server from "
+            ".venv-openvino, or pass --model with a directory already exported to OpenVINO IR."
+        )
+    cmd = [sys.executable, "-m", "optimum.commands.optimum_cli", "export", "openvino", "--model", str(source)]
+    cmd += ["--task", "text-generation-with-past", "--weight-format", settings.weight_format]
+    if settings.trust_remote_code:
+        cmd.append("--trust-remote-code")
+    cmd.append(str(out))
+    tail: deque[str] = deque(maxlen=30)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # the source is a local directory: nothing to download
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as process:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.rstrip()
+            tail.append(line)
+            # Tracer warnings (and the source lines they quote) are noise to someone waiting for a server.
+            if line and not line[0].isspace() and "Warning" not in line:
+                report(f"optimum-cli: {line}")
+    if process.returncode != 0:
+        details = "\n".join(tail)
+        raise ExportError(
+            f"optimum-cli could not export {source} to OpenVINO (exit {process.returncode}); its last lines:\n"
+            f"{details}\nFix: check that optimum-intel supports this architecture, or export the model yourself "
+            "and pass the exported directory with --model."
+        )
+
+
+def _check(build: Path) -> None:
+    missing = [name for name in REQUIRED if not (build / name).is_file()]
+    if missing:
+        raise ExportError(
+            f"the OpenVINO export is missing {', '.join(missing)}. The tokenizer files come from openvino-tokenizers; "
+            "a tokenizer it cannot convert cannot be served by the openvino backend."
+        )
+
+
+def _write_marker(build: Path, source: Path, settings: ExportSettings) -> None:
+    files = {}
+    for path in sorted(p for p in build.rglob("*") if p.is_file()):
+        with path.open("rb") as f:
+            os.fsync(f.fileno())  # the data must be on disk before the marker claims it is complete
+        path.chmod(0o644)
+        files[str(path.relative_to(build))] = path.stat().st_size
+    marker = {"source": str(source), "settings": asdict(settings), "version": VERSION, "files": files}
+    with (build / MARKER).open("w") as f:
+        json.dump(marker, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def _locked(path: Path, report: Progress) -> Iterator[None]:
+    with path.open("a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            report(f"another process is exporting this model; waiting for it ({path})")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _fsync(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
