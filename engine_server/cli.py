@@ -92,7 +92,7 @@ def _prepare(config: Config) -> int:
     from engine_server import models
     from engine_server.server import configure_logging
 
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     fmt = "openvino" if config.hw_mode == "openvino" else "hf"
     try:
         path = models.resolve(config, fmt)

@@ -40,6 +40,16 @@ class ServiceUnavailable(APIError):
     type = "service_unavailable"
 
 
+class PayloadTooLarge(APIError):
+    status_code = 413
+    type = "invalid_request_error"
+
+
+class Timeout(APIError):
+    status_code = 504
+    type = "timeout_error"
+
+
 def from_validation_error(exc: ValidationError) -> BadRequest:
     """Name the offending field the way OpenAI does: a dotted path and a readable reason."""
     # With unions (messages: str | list) pydantic reports every member; the deepest error is the real one.
@@ -65,6 +75,8 @@ def from_engine_error(exc: Exception) -> APIError:
         return BadRequest(str(exc), param=exc.param)
     if isinstance(exc, EngineNotReadyError):
         return ServiceUnavailable("The model is still loading; retry shortly.", code="model_loading")
+    if isinstance(exc, TimeoutError):
+        return Timeout("The request ran longer than the server's request timeout and was stopped.", code="timeout")
     if isinstance(exc, EngineDeadError):
         return ServiceUnavailable(f"The inference engine stopped: {exc}", code="engine_dead")
     return APIError("The server failed to process the request.", code="internal_error")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -39,6 +39,23 @@ class Metrics:
         )
         self.prompt_tokens = Counter("engine_server_prompt_tokens", "Prompt tokens processed.", registry=self.registry)
         self.generation_tokens = Counter("engine_server_generation_tokens", "Tokens generated.", registry=self.registry)
+        self.time_to_first_token = Histogram(
+            "engine_server_time_to_first_token_seconds",
+            "From request arrival to its first generated token.",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.inter_token_latency = Histogram(
+            "engine_server_inter_token_latency_seconds",
+            "Between consecutive outputs of one sequence.",
+            buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
+        self.admitted = Gauge(
+            "engine_server_requests_admitted",
+            "Generation requests admitted (in the engine or streaming).",
+            registry=self.registry,
+        )
         self.ready = Gauge("engine_server_ready", "1 when the engine serves requests.", registry=self.registry)
         self.registry.register(_EngineCollector(stats))
 

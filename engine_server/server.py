@@ -3,26 +3,55 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import signal
+import tempfile
 import threading
 from collections.abc import Iterator
 
 import uvicorn
+from sse_starlette.sse import AppStatus
 
 from backends.base import Engine
 from engine_server.app import create_app
 from engine_server.config import Config
+from engine_server.middleware import JsonFormatter
 
 logger = logging.getLogger("engine_server")
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S",
-    )
+def configure_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # uvicorn's own loggers carry their own handlers: route them through ours so every line has one format.
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+
+
+def _json_logs_for_vllm(level: str) -> None:
+    """vLLM configures its own loggers, in this process and in its engine-core child: give it our JSON format."""
+    if "VLLM_LOGGING_CONFIG_PATH" in os.environ:
+        return  # the user's own logging config for vLLM wins
+    config = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "engine_server.middleware.JsonFormatter"}},
+        "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}},
+        "loggers": {"vllm": {"handlers": ["json"], "level": level.upper(), "propagate": False}},
+    }
+    fd, path = tempfile.mkstemp(prefix="engine-server-vllm-logging-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(config, f)
+    os.environ["VLLM_LOGGING_CONFIG_PATH"] = path
 
 
 class _Server(uvicorn.Server):
@@ -43,7 +72,11 @@ class _Server(uvicorn.Server):
 
 def serve(config: Config, engine: Engine | None = None) -> int:
     """Serve until stopped; returns the process exit status."""
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
+    if config.log_format == "json":
+        _json_logs_for_vllm(config.log_level)
+    # In-flight streams finish within the shutdown grace instead of being cut at the first signal.
+    AppStatus.disable_automatic_graceful_drain()
     failures: list[str] = []
 
     def on_fatal(message: str) -> None:
@@ -57,8 +90,11 @@ def serve(config: Config, engine: Engine | None = None) -> int:
             host=config.host,
             port=config.port,
             log_level=config.log_level,
-            timeout_graceful_shutdown=30,
-            access_log=False,
+            log_config=None,
+            access_log=False,  # the guard logs each request with its id
+            timeout_graceful_shutdown=int(config.shutdown_grace) or 1,
+            timeout_keep_alive=int(config.keep_alive_timeout) or 1,
+            h11_max_incomplete_event_size=config.max_header_bytes,
         )
     )
     logger.info("listening on http://%s:%d (the model loads in the background)", config.host, config.port)

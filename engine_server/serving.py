@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,9 @@ from backends.base import (
     StepOutput,
     TokenLogprob,
 )
+from engine_server.config import Config
 from engine_server.errors import BadRequest
+from engine_server.metrics import Metrics
 from engine_server.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 
 Request = ChatCompletionRequest | CompletionRequest
@@ -34,6 +36,7 @@ class Prepared:
     requests: list[GenerateRequest]
     n: int
     include_usage: bool
+    arrival: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -46,18 +49,14 @@ class Choice:
 
 class Serving:
     def __init__(
-        self,
-        engine: Engine,
-        info: ModelInfo,
-        model_name: str,
-        default_chat_template: str | None,
-        record_usage: Callable[[int, int], None] | None = None,
+        self, engine: Engine, info: ModelInfo, config: Config, default_chat_template: str | None, metrics: Metrics
     ) -> None:
-        self.record_usage = record_usage
         self.engine = engine
         self.info = info
-        self.model_name = model_name
+        self.config = config
+        self.model_name = config.model_name
         self.default_chat_template = default_chat_template
+        self.metrics = metrics
 
     # -- preparing -------------------------------------------------------------------------------------------
 
@@ -114,6 +113,16 @@ class Serving:
                 param="max_tokens",
                 code="context_length_exceeded",
             )
+        limit_tokens = self.config.max_tokens_limit
+        if limit_tokens is not None and max_tokens > limit_tokens:
+            if req.max_output_tokens is None:
+                max_tokens = limit_tokens  # unset: as many as the server allows
+            else:
+                raise BadRequest(
+                    f"max_tokens is {max_tokens}; this server allows at most {limit_tokens}.", param="max_tokens"
+                )
+        if req.n > self.config.max_n:
+            raise BadRequest(f"n is {req.n}; this server allows at most {self.config.max_n}.", param="n")
         if req.min_tokens > max_tokens:
             raise BadRequest(f"min_tokens ({req.min_tokens}) exceeds max_tokens ({max_tokens})", param="min_tokens")
         return SamplingOptions(
@@ -139,6 +148,19 @@ class Serving:
     # -- running ---------------------------------------------------------------------------------------------
 
     async def steps(self, prepared: Prepared) -> AsyncIterator[tuple[int, StepOutput]]:
+        """Engine outputs of all the request's prompts as they come, timed for the latency histograms."""
+        last = [0.0] * len(prepared.requests)
+        async for i, step in self._merged_steps(prepared):
+            now = time.monotonic()
+            if any(d.num_tokens for d in step.deltas):
+                if last[i]:
+                    self.metrics.inter_token_latency.observe(now - last[i])
+                else:
+                    self.metrics.time_to_first_token.observe(now - prepared.arrival)
+                last[i] = now
+            yield i, step
+
+    async def _merged_steps(self, prepared: Prepared) -> AsyncIterator[tuple[int, StepOutput]]:
         """Engine outputs of all the request's prompts as they come, tagged with the prompt's position."""
         if len(prepared.requests) == 1:
             async for step in self.engine.generate(prepared.requests[0]):
@@ -263,8 +285,7 @@ class Serving:
             yield {**head, "choices": [], "usage": usage}
 
     def _usage(self, num_prompt: int, num_output: int) -> dict[str, int]:
-        if self.record_usage is not None:
-            self.record_usage(num_prompt, num_output)
+        self.metrics.record_usage(num_prompt, num_output)
         return {"prompt_tokens": num_prompt, "completion_tokens": num_output, "total_tokens": num_prompt + num_output}
 
 

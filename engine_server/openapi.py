@@ -1,0 +1,86 @@
+"""The OpenAPI description of our routes, built from the same pydantic models that validate requests."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from engine_server.protocol import ChatCompletionRequest, CompletionRequest
+
+ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+
+
+def _error_responses(*statuses: int) -> dict[str, Any]:
+    return {
+        str(s): {
+            "description": "error",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        for s in statuses
+    }
+
+
+def _get(summary: str, *errors: int) -> dict[str, Any]:
+    ok = {"200": {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}}
+    return {"get": {"summary": summary, "responses": {**ok, **_error_responses(*errors)}}}
+
+
+def _post(summary: str, model: str) -> dict[str, Any]:
+    ok = {
+        "200": {
+            "description": "a completion, or server-sent events when streaming",
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "text/event-stream": {"schema": {"type": "string"}},
+            },
+        }
+    }
+    return {
+        "post": {
+            "summary": summary,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}},
+            },
+            "responses": {**ok, **_error_responses(400, 401, 404, 413, 429, 503, 504)},
+        }
+    }
+
+
+@cache
+def openapi_schema(version: str) -> dict[str, Any]:
+    schemas: dict[str, Any] = {"Error": ERROR}
+    for model in (ChatCompletionRequest, CompletionRequest):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "engine-server", "version": version},
+        "paths": {
+            "/health": _get("200 when the engine serves requests", 503),
+            "/v1/health_check": _get("The OPEA health check", 503),
+            "/v1/models": _get("The served model", 401),
+            "/version": _get("Server and engine versions", 401),
+            "/v1/chat/completions": _post(
+                "Chat completion (messages as a list) or raw prompt (a string)", "ChatCompletionRequest"
+            ),
+            "/v1/completions": _post("Text completion", "CompletionRequest"),
+        },
+        "components": {"schemas": schemas},
+    }
