@@ -28,6 +28,7 @@ class LiveServer:
     log: Path
     model: str
     first_health_status: int | None = None  # what /health answered first, while the engine was starting
+    backend: str = "cpu"
 
     def metric(self, name: str) -> float:
         for line in httpx.get(f"{self.base_url}/metrics").text.splitlines():
@@ -42,13 +43,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def engine_server_command() -> list[str]:
-    return [sys.executable, "-m", "engine_server.cli"]
+# OpenVINO's exporter needs another transformers than vLLM: its server runs in its own venv (scripts/setup).
+BACKEND_PYTHON = {"openvino": ROOT / ".venv-openvino" / "bin" / "python"}
 
 
-def start_server(args: list[str], log: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+def backend_python(backend: str = "cpu") -> str:
+    python = BACKEND_PYTHON.get(backend)
+    if python is None:
+        return sys.executable
+    if not python.exists():
+        raise RuntimeError(f"{python} is missing: run scripts/setup to make the {backend} backend's venv")
+    return str(python)
+
+
+def engine_server_command(backend: str = "cpu") -> list[str]:
+    return [backend_python(backend), "-m", "engine_server.cli"]
+
+
+def start_server(
+    args: list[str], log: Path, env: dict[str, str] | None = None, backend: str = "cpu"
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    cmd = [*engine_server_command(), "--host", "127.0.0.1", "--port", str(port), *args]
+    cmd = [*engine_server_command(backend), "--host", "127.0.0.1", "--port", str(port), *args]
     with log.open("wb") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     return process, f"http://127.0.0.1:{port}"
@@ -92,7 +108,10 @@ def tiny_model() -> Path:
 
 
 # Backends the end-to-end suite runs against, with the flags each needs for the tiny model.
-BACKENDS = {"cpu": ["--hw-mode", "cpu", "--kv-cache-space", "1", "--dtype", "float32"]}
+BACKENDS = {
+    "cpu": ["--hw-mode", "cpu", "--kv-cache-space", "1", "--dtype", "float32"],
+    "openvino": ["--hw-mode", "openvino", "--kv-cache-space", "1", "--kv-cache-precision", "u8"],
+}
 
 
 @pytest.fixture(scope="session", params=sorted(BACKENDS))
@@ -109,9 +128,9 @@ def server(
         "--served-model-name",
         "tiny",
     ]
-    process, base_url = start_server(args, log)
+    process, base_url = start_server(args, log, backend=request.param)
     try:
         first_status = wait_healthy(process, base_url, log)
-        yield LiveServer(base_url, process, log, "tiny", first_status)
+        yield LiveServer(base_url, process, log, "tiny", first_status, request.param)
     finally:
         stop(process)
