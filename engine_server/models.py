@@ -22,7 +22,10 @@ def resolve(config: Config, fmt: str = "hf") -> str:
     if config.model is None:
         from engine_server import default_model
 
-        return str(default_model.prepare(config.cache_dir, fmt, progress=logger.info))
+        try:
+            return str(default_model.prepare(config.cache_dir, fmt, progress=logger.info))
+        except (ValueError, default_model.PrepareError) as exc:
+            raise ModelUnavailableError(str(exc)) from exc
     path = Path(config.model).expanduser()
     if path.exists():
         return str(path)

