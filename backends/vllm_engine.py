@@ -88,11 +88,12 @@ class VllmEngine:
         if self._llm is None:
             raise EngineNotReadyError("the engine is still starting")
         from vllm.exceptions import VLLMClientError
-        from vllm.inputs import TokensPrompt
+        from vllm.inputs import tokens_input
         from vllm.v1.engine.exceptions import EngineDeadError as VllmDeadError
 
         params = self._sampling_params(request.sampling)
-        prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
+        # Already tokenized and length-checked: an engine input skips vLLM's renderer.
+        prompt = tokens_input(request.prompt_token_ids)
         try:
             async for out in self._llm.generate(prompt, params, request.request_id):
                 yield StepOutput(
