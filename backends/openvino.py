@@ -137,7 +137,6 @@ class OpenVinoEngine:
 
     def _load(self, model: str) -> ModelInfo:
         import openvino_genai
-        from transformers import AutoTokenizer
 
         s = self.settings
         config = _model_config(Path(model))
@@ -166,7 +165,7 @@ class OpenVinoEngine:
             self._pipe = openvino_genai.ContinuousBatchingPipeline(model, scheduler, s.device, properties)
         except RuntimeError as exc:
             raise EngineError(f"OpenVINO could not load {model} on {s.device}: {openvino_message(exc)}") from None
-        self._tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=s.trust_remote_code)
+        self._tokenizer = load_tokenizer(model, s.trust_remote_code)
         defaults = self._pipe.get_config()
         self._eos_token_id = int(defaults.eos_token_id)
         self._stop_token_ids = {int(t) for t in defaults.stop_token_ids}
@@ -368,6 +367,13 @@ class OpenVinoEngine:
             self._commands.put(("stop", None))
             await asyncio.to_thread(thread.join)
         self._pipe = None
+
+
+def load_tokenizer(model: str, trust_remote_code: bool = False) -> Any:
+    """The Hugging Face tokenizer saved with the export: it tokenizes, renders the chat template and detokenizes."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
 
 
 def _model_config(model: Path) -> dict[str, Any]:
