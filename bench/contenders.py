@@ -1,0 +1,159 @@
+"""How each contender is started with the same model and engine settings, and how long it takes to be ready.
+
+Every contender runs in its own process group and is stopped before the next one starts: on a 2-core machine two
+engines at once would measure each other, not the servers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.procs import Child, StartupError, free_port, launch, stop, wait_healthy
+from bench.workloads import Workload
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What every contender's engine gets; the rest is left to vLLM's defaults, which all of them share."""
+
+    dtype: str = "float32"
+    kv_cache_space_gib: float = 2.0
+    max_model_len: int = 2048
+
+    def env(self) -> dict[str, str]:
+        # vllm serve and the raw engine read the KV-cache size only from the environment; our server takes the flag.
+        return {"VLLM_CPU_KVCACHE_SPACE": f"{self.kv_cache_space_gib:g}"}
+
+
+@dataclass(frozen=True)
+class Running:
+    base_url: str
+    ready_s: float
+    # Process groups whose CPU time is the contender's; each leader is an HTTP front end, the rest engine processes.
+    pgids: tuple[int, ...]
+
+
+def our_server_cmd(model: str, port: int, served_name: str, settings: EngineSettings) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "engine_server.cli",
+        "--model",
+        model,
+        "--served-model-name",
+        served_name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--hw-mode",
+        "cpu",
+        "--dtype",
+        settings.dtype,
+        "--kv-cache-space",
+        f"{settings.kv_cache_space_gib:g}",
+        "--max-model-len",
+        str(settings.max_model_len),
+        "--enforce-eager",
+        "--enable-prefix-caching",
+    ]
+
+
+def vllm_serve_cmd(model: str, port: int, served_name: str, settings: EngineSettings) -> list[str]:
+    # `vllm serve` itself: the `vllm` console script fails with the vllm-cpu distribution name.
+    return [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model,
+        "--served-model-name",
+        served_name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        settings.dtype,
+        "--max-model-len",
+        str(settings.max_model_len),
+        "--enforce-eager",
+        "--enable-prefix-caching",
+        # Logging stays at each server's default: both write one access-log line per request.
+    ]
+
+
+@contextlib.contextmanager
+def started(name: str, cmd: list[str], log: Path, env: dict[str, str]) -> Iterator[tuple[Child, str, float]]:
+    port = int(cmd[cmd.index("--port") + 1])
+    base_url = f"http://127.0.0.1:{port}"
+    child = launch(name, cmd, log, env)
+    try:
+        ready_s = wait_healthy(child, f"{base_url}/health")
+        yield child, base_url, ready_s
+    finally:
+        stop(child)
+
+
+@contextlib.contextmanager
+def our_server(model: str, served_name: str, settings: EngineSettings, log: Path) -> Iterator[Running]:
+    cmd = our_server_cmd(model, free_port(), served_name, settings)
+    with started("engine-server", cmd, log, settings.env()) as (child, url, ready_s):
+        yield Running(url, ready_s, (child.process.pid,))
+
+
+@contextlib.contextmanager
+def vllm_serve(model: str, served_name: str, settings: EngineSettings, log: Path) -> Iterator[Running]:
+    cmd = vllm_serve_cmd(model, free_port(), served_name, settings)
+    with started("vllm serve", cmd, log, settings.env()) as (child, url, ready_s):
+        yield Running(url, ready_s, (child.process.pid,))
+
+
+@contextlib.contextmanager
+def proxy(upstream: str, log: Path) -> Iterator[Running]:
+    """The pass-through proxy in front of an already running upstream; ready_s is the proxy's own start."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "bench.proxy", "--upstream", upstream, "--port", str(port)]
+    with started("proxy", cmd, log, {}) as (child, url, ready_s):
+        yield Running(url, ready_s, (child.process.pid,))
+
+
+def run_raw_engine(
+    model: str, runs: list[tuple[Workload, int]], settings: EngineSettings, log: Path, timeout: float = 7200
+) -> dict[str, Any]:
+    """Run the raw-engine driver on each (workload, seed); returns its {"ready_s", "runs": [...]} result."""
+    out = log.with_suffix(".json")
+    spec = [{"workload": asdict(w), "seed": seed} for w, seed in runs]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.raw_engine",
+        "--model",
+        model,
+        "--dtype",
+        settings.dtype,
+        "--max-model-len",
+        str(settings.max_model_len),
+        "--runs",
+        json.dumps(spec),
+        "--out",
+        str(out),
+        "--t0",
+        str(time.time()),
+    ]
+    child = launch("raw engine", cmd, log, settings.env())
+    try:
+        returncode = child.process.wait(timeout)
+    finally:
+        stop(child)
+    if returncode != 0 or not out.exists():
+        raise StartupError(f"the raw engine run failed ({returncode}):\n{child.tail()}")
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result

@@ -1,0 +1,123 @@
+"""The printed comparison: one block per workload, each contender's figures and each figure's ratio to our server."""
+
+from __future__ import annotations
+
+from bench.workloads import METRICS, RunResult, Workload
+
+OURS = "engine-server"
+COLUMNS = {
+    "output_throughput": "out tok/s",
+    "request_throughput": "req/s",
+    "mean_ttft_ms": "TTFT ms",
+    "p99_ttft_ms": "p99 TTFT",
+    "mean_tpot_ms": "TPOT ms",
+}
+# Issue 7's targets on output tok/s, as (contender, minimum of ours / contender, on which workloads).
+TARGETS = (
+    ("raw engine", 0.97, "all"),
+    ("vllm serve", 1.2, "tiny"),
+    ("vllm serve", 1.0, "gemma"),
+    ("two-hop", 2.0, "tiny"),
+)
+
+
+def _num(value: float | None, width: int, digits: int = 1) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
+
+def table(results: list[RunResult], workloads: list[Workload]) -> str:
+    lines = [
+        "Figures from vLLM's benchmark client (raw engine: same definitions, measured in-process).",
+        "'x' columns: contender / engine-server (throughput: >1 means the contender is faster; latency: >1 means "
+        "slower). load: 1-min load average before -> after the run (2 cores). With --repeat: medians of the runs.",
+    ]
+    header = f"{'contender':<14}{'ready s':>8}"
+    for metric in METRICS:
+        header += f"{COLUMNS[metric]:>11}{'x':>6}"
+    header += f"{'load':>13}  out tok/s range (runs)"
+    for workload in workloads:
+        rows = [r for r in results if r.workload == workload.name]
+        if not rows:
+            continue
+        lines += ["", f"== {workload.name}  ({workload.num_prompts} prompts) ==", header]
+        ours = next((r for r in rows if r.contender == OURS), None)
+        for r in rows:
+            line = f"{r.contender:<14}{_num(r.ready_s, 8)}"
+            for metric in METRICS:
+                value = r.metrics.get(metric)
+                base = ours.metrics.get(metric) if ours else None
+                ratio = value / base if value is not None and base else None
+                line += f"{_num(value, 11, 2 if metric == 'request_throughput' else 1)}{_num(ratio, 6, 2)}"
+            line += f"{r.load[0]:>6.1f} ->{r.load[1]:>5.1f}"
+            if "num_runs" in r.metrics:
+                low, high = r.metrics["min_output_throughput"], r.metrics["max_output_throughput"]
+                line += f"  {low:.0f}-{high:.0f} ({r.metrics['num_runs']:.0f})"
+            lines.append(line)
+        lines += cpu_table(rows)
+    return "\n".join(lines)
+
+
+def cpu_table(rows: list[RunResult]) -> list[str]:
+    """CPU seconds spent during the measured run: less sensitive to other jobs than the wall-clock figures."""
+    lines = [
+        f"  CPU s during the run {'front':>8}{'engine':>8}{'client':>8}   front ms/out tok  "
+        "(front: HTTP server process(es) incl. AsyncLLM output processing; raw engine: its driver process)"
+    ]
+    for r in rows:
+        if not r.extra:
+            continue
+        tokens = r.metrics.get("total_output_tokens") or 0
+        per_token = 1000 * r.extra["front"] / tokens if tokens else None
+        lines.append(
+            f"  {r.contender:<20}{r.extra['front']:>8.1f}{r.extra['engine']:>8.1f}{r.extra['client']:>8.1f}"
+            f"{_num(per_token, 12, 3)}"
+        )
+    return lines
+
+
+def targets(results: list[RunResult]) -> str:
+    """Issue 7's targets, each as ours / contender on output tok/s, with the verdict."""
+    lines = ["", "Targets (ours / contender, output tok/s):"]
+    by_key = {(r.contender, r.workload): r for r in results}
+    for contender, minimum, scope in TARGETS:
+        for (name, workload), r in sorted(by_key.items()):
+            if name != contender or (scope != "all" and not workload.startswith(scope)):
+                continue
+            ours = by_key.get((OURS, workload))
+            if ours is None:
+                continue
+            ratio = ours.metrics["output_throughput"] / r.metrics["output_throughput"]
+            verdict = "ok" if ratio >= minimum else "MISSED"
+            lines.append(f"  {workload:<24} vs {contender:<11} {ratio:5.2f}x (target >= {minimum:.2f}x)  {verdict}")
+    ttft_lines = _ttft_checks(results)
+    ready_lines = _ready_checks(results)
+    return "\n".join(lines + ttft_lines + ready_lines)
+
+
+def _ttft_checks(results: list[RunResult]) -> list[str]:
+    lines = []
+    for r in results:
+        if r.contender != "vllm serve":
+            continue
+        ours = next((o for o in results if o.contender == OURS and o.workload == r.workload), None)
+        if ours is None:
+            continue
+        ratio = ours.metrics["mean_ttft_ms"] / r.metrics["mean_ttft_ms"]
+        verdict = "ok" if ratio <= 1.0 else "MISSED"
+        lines.append(f"  {r.workload:<24} mean TTFT ours / vllm serve {ratio:5.2f}x (target <= 1.00x)  {verdict}")
+    return lines
+
+
+def _ready_checks(results: list[RunResult]) -> list[str]:
+    ready: dict[str, dict[str, float]] = {}
+    for r in results:
+        if r.ready_s is not None:
+            ready.setdefault(r.workload.split()[0], {})[r.contender] = r.ready_s
+    lines = []
+    for model, by_contender in ready.items():
+        ours, raw = by_contender.get(OURS), by_contender.get("raw engine")
+        if ours is None or raw is None:
+            continue
+        verdict = "ok" if ours <= raw + 2.0 else "MISSED"
+        lines.append(f"  {model:<24} ready: ours {ours:.1f} s vs raw engine {raw:.1f} s + 2 s  {verdict}")
+    return lines

@@ -1,0 +1,184 @@
+"""Our server against `vllm serve`, the raw engine and a two-hop proxy setup, in one run, one contender at a time.
+
+python -m bench.serve_compare --quick              # tiny model only, fewer prompts: a few minutes on 2 cores
+python -m bench.serve_compare                      # tiny, then gemma-3-270m at concurrency 1 and 8
+python -m bench.serve_compare --contenders engine-server,vllm-serve --workloads tiny   # issue 2's comparison
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+from bench.client import run_client
+from bench.contenders import EngineSettings, Running, our_server, proxy, run_raw_engine, vllm_serve
+from bench.report import OURS, table, targets
+from bench.workloads import RunResult, Workload, combine, gemma_workloads, load_average, tiny_workload
+
+CONTENDERS = ("engine-server", "vllm-serve", "two-hop", "raw-engine")
+GROUPS = ("tiny", "gemma")
+
+
+class Bench:
+    """Runs contenders on groups of workloads that share a model, collecting results and printing as it goes."""
+
+    def __init__(self, settings: EngineSettings, log_dir: Path, first_seed: int, repeat: int) -> None:
+        self.settings = settings
+        self.repeat = repeat
+        self.log_dir = log_dir
+        self.seeds: Iterator[int] = itertools.count(first_seed)
+        self.results: list[RunResult] = []
+        self.workloads: list[Workload] = []
+
+    def http(self, contender: str, running: Running, workloads: list[Workload], served_name: str) -> None:
+        for workload in workloads:
+            runs = []
+            for _ in range(self.repeat):
+                seed = next(self.seeds)
+                log = self.log_dir / f"client-{_slug(contender)}-{_slug(workload.name)}.log"
+                before = load_average()
+                started = time.monotonic()
+                metrics = run_client(workload, running.base_url, served_name, seed, log, running.pgids)
+                took = time.monotonic() - started
+                load = (before, load_average())
+                cpu = {part: metrics[f"cpu_{part}_s"] for part in ("front", "engine", "client")}
+                runs.append(RunResult(contender, workload.name, running.ready_s, metrics, seed, load, cpu))
+                _say(f"{contender} on {workload.name}: {metrics['output_throughput']:.1f} out tok/s ({took:.0f} s)")
+            self.add(combine(runs))
+
+    def raw(self, model: str, workloads: list[Workload]) -> None:
+        runs = [(w, next(self.seeds)) for w in workloads for _ in range(self.repeat)]
+        before = load_average()
+        log = self.log_dir / f"raw-engine-{_slug(workloads[0].name.split()[0])}.log"
+        result = run_raw_engine(model, runs, self.settings, log)
+        after = load_average()
+        by_workload: dict[str, list[RunResult]] = {}
+        for (workload, seed), run in zip(runs, result["runs"], strict=True):
+            one = RunResult(
+                "raw engine", workload.name, result["ready_s"], run["metrics"], seed, (before, after), run["cpu"]
+            )
+            by_workload.setdefault(workload.name, []).append(one)
+            _say(f"raw engine on {workload.name}: {run['metrics']['output_throughput']:.1f} out tok/s")
+        for repeated in by_workload.values():
+            self.add(combine(repeated))
+        _say(f"raw engine ready in {result['ready_s']:.1f} s")
+
+    def add(self, result: RunResult) -> None:
+        self.results.append(result)
+
+    def print_table(self, title: str) -> None:
+        print(f"\n######## {title} ########\n{table(self.results, self.workloads)}", flush=True)
+
+
+def run_group(
+    bench: Bench, model: str, served_name: str, workloads: list[Workload], contenders: list[str], group: str
+) -> None:
+    bench.workloads += workloads
+    settings, logs = bench.settings, bench.log_dir
+    if "engine-server" in contenders:
+        _say(f"starting engine-server on {group}")
+        with our_server(model, served_name, settings, logs / f"ours-{group}.log") as ours:
+            bench.http(OURS, ours, workloads, served_name)
+    if "vllm-serve" in contenders or "two-hop" in contenders:
+        _say(f"starting vllm serve on {group}")
+        with vllm_serve(model, served_name, settings, logs / f"vllm-{group}.log") as upstream:
+            if "vllm-serve" in contenders:
+                bench.http("vllm serve", upstream, workloads, served_name)
+                bench.print_table(f"{group}: engine-server vs vllm serve")
+            if "two-hop" in contenders:
+                # The same vllm serve stays up behind the proxy: a second 50-80 s engine start would buy nothing,
+                # and the fresh seed keeps its prefix cache from helping. In a deployment both start together,
+                # so the pair is ready when the slower of the two is.
+                with proxy(upstream.base_url, logs / f"proxy-{group}.log") as front:
+                    _say(f"proxy ready in {front.ready_s:.1f} s")
+                    pair = Running(front.base_url, max(upstream.ready_s, front.ready_s), front.pgids + upstream.pgids)
+                    bench.http("two-hop", pair, workloads, served_name)
+    if "raw-engine" in contenders:
+        _say(f"starting the raw engine on {group}")
+        bench.raw(model, workloads)
+    bench.print_table(f"{group}: all contenders so far")
+
+
+def _say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')} load {load_average():.1f}] {message}", flush=True)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text).strip("-")
+
+
+def _tiny_model() -> str:
+    from tests.models.make_tiny_model import build
+
+    return str(build())
+
+
+def _gemma_model(cache_dir: Path | None) -> str:
+    from engine_server.config import Config
+    from engine_server.default_model import prepare
+
+    return str(prepare(cache_dir or Config().cache_dir, progress=_say))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.serve_compare", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny workload only, 64 prompts: under 5 minutes")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS), help=f"comma list of {', '.join(CONTENDERS)}")
+    parser.add_argument("--workloads", default=None, help="comma list of tiny, gemma (default: both; --quick: tiny)")
+    parser.add_argument("--model", default=None, help="model for the tiny workload (default: the tiny test model)")
+    parser.add_argument("--gemma-model", default=None, help="gemma-3-270m checkpoint dir (default: prepare it)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="engine-server cache for the default model")
+    parser.add_argument("--num-prompts", type=int, default=None, help="override every workload's prompt count")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="measured runs per contender and workload; the table shows medians"
+    )
+    parser.add_argument("--seed", type=int, default=int(time.time()) % 100_000, help="first seed; +1 per run")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--kv-cache-space", type=float, default=2.0, help="GiB (VLLM_CPU_KVCACHE_SPACE)")
+    parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--log-dir", type=Path, default=None, help="server and client logs (default: a temp dir)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    groups = [g.strip() for g in (args.workloads or ("tiny" if args.quick else ",".join(GROUPS))).split(",")]
+    unknown = [c for c in contenders if c not in CONTENDERS] + [g for g in groups if g not in GROUPS]
+    if unknown:
+        build_parser().error(f"unknown contender or workload: {', '.join(unknown)}")
+    log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="bench-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    settings = EngineSettings(args.dtype, args.kv_cache_space, args.max_model_len)
+    bench = Bench(settings, log_dir, args.seed, args.repeat)
+    _say(f"logs in {log_dir}; settings {asdict(settings)}; contenders {contenders}")
+
+    def sized(workloads: list[Workload]) -> list[Workload]:
+        if args.num_prompts is None:
+            return workloads
+        return [Workload(**{**asdict(w), "num_prompts": args.num_prompts}) for w in workloads]
+
+    started = time.monotonic()
+    if "tiny" in groups:
+        model = args.model or _tiny_model()
+        run_group(bench, model, "tiny", sized([tiny_workload(model, args.quick)]), contenders, "tiny")
+    if "gemma" in groups:
+        model = args.gemma_model or _gemma_model(args.cache_dir)
+        run_group(bench, model, "gemma-3-270m", sized(gemma_workloads(model, args.quick)), contenders, "gemma")
+    bench.print_table(f"final ({time.monotonic() - started:.0f} s, load now {load_average():.1f})")
+    print(targets(bench.results), flush=True)
+    out = log_dir / "results.json"
+    out.write_text(json.dumps([asdict(r) for r in bench.results], indent=2))
+    _say(f"results in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
