@@ -30,9 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "command",
         nargs="?",
-        choices=("serve", "prepare"),
+        choices=("serve", "prepare", "healthcheck"),
         default="serve",
-        help="serve (default): start the server. prepare: download or convert the model into the cache and exit.",
+        help="serve (default): start the server. prepare: download or convert the model into the cache and exit. "
+        "healthcheck: exit 0 if the server on this host's configured port is ready (for container health checks).",
     )
     for f in option_fields():
         env = f.metadata["env"]
@@ -77,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         command, config = load_config(argv)
         if command == "prepare":
             return _prepare(config)
+        if command == "healthcheck":
+            return _healthcheck(config)
         from engine_server.server import serve
 
         return serve(config)
@@ -86,6 +89,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BackendUnavailableError as exc:
         print(f"engine-server: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _healthcheck(config: Config) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{config.port}/health", timeout=4) as response:
+            return 0 if response.status == 200 else 1
+    except (urllib.error.URLError, OSError):
+        return 1
 
 
 def _prepare(config: Config) -> int:

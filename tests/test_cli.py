@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import LiveServer, free_port
+
 CLI = [sys.executable, "-m", "engine_server.cli"]
 
 
@@ -50,3 +52,9 @@ def test_hub_id_without_network_fails_fast_with_cause_and_fix(tmp_path: Path) ->
 def test_prepare_prints_a_local_model_dir(tiny_model: Path) -> None:
     r = run("prepare", "--model", str(tiny_model))
     assert r.returncode == 0 and r.stdout.strip() == str(tiny_model)
+
+
+def test_healthcheck_reports_readiness_of_the_configured_port(server: LiveServer) -> None:
+    port = server.base_url.rsplit(":", 1)[1]
+    assert run("healthcheck", "--port", port).returncode == 0
+    assert run("healthcheck", "--port", str(free_port())).returncode == 1
