@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backends.base import ModelResolver
-from backends.vllm_engine import VllmEngine
+from backends.vllm_engine import VllmEngine, shared_engine_args
 
 if TYPE_CHECKING:
     from engine_server.config import Config
@@ -36,26 +36,15 @@ def world_size(config: Config) -> int:
 
 
 def engine_args(config: Config) -> dict[str, Any]:
-    args: dict[str, Any] = {
+    return shared_engine_args(
+        config,
         # Gaudi computes in bfloat16; the plugin turns float16/float32 into bfloat16 anyway, with a warning.
-        "dtype": "bfloat16" if config.dtype == "auto" else config.dtype,
+        dtype="bfloat16" if config.dtype == "auto" else config.dtype,
         # Not eager by default: graphs gave the reference's Gaudi users about 3x the throughput of --enforce-eager.
-        "enforce_eager": bool(config.enforce_eager),
-        "enable_prefix_caching": config.enable_prefix_caching,
-        "trust_remote_code": config.trust_remote_code,
-        "tensor_parallel_size": config.parallel_number,
-        "pipeline_parallel_size": config.pipeline_parallel_size,
-        "block_size": config.block_size or DEFAULT_BLOCK_SIZE,
-        "max_num_seqs": config.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
-    }
-    optional = {
-        "max_model_len": config.max_model_len,
-        "max_num_batched_tokens": config.max_num_batched_tokens,
-        "enable_chunked_prefill": config.enable_chunked_prefill,
-        "distributed_executor_backend": config.distributed_executor_backend,
-    }
-    args.update({k: v for k, v in optional.items() if v is not None})
-    return args
+        enforce_eager=bool(config.enforce_eager),
+        block_size=config.block_size or DEFAULT_BLOCK_SIZE,
+        max_num_seqs=config.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
+    )
 
 
 def engine_env(config: Config, environ: Mapping[str, str]) -> dict[str, str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backends.base import ModelResolver
-from backends.vllm_engine import VllmEngine
+from backends.vllm_engine import VllmEngine, shared_engine_args
 
 if TYPE_CHECKING:
     from engine_server.config import Config
@@ -32,24 +32,11 @@ def resolve_dtype(dtype: str, native_bf16: bool) -> str:
 
 
 def engine_args(config: Config, native_bf16: bool) -> dict[str, Any]:
-    args: dict[str, Any] = {
-        "dtype": resolve_dtype(config.dtype, native_bf16),
-        "enforce_eager": True if config.enforce_eager is None else config.enforce_eager,
-        "enable_prefix_caching": config.enable_prefix_caching,
-        "trust_remote_code": config.trust_remote_code,
-        "tensor_parallel_size": config.parallel_number,
-        "pipeline_parallel_size": config.pipeline_parallel_size,
-    }
-    optional = {
-        "max_model_len": config.max_model_len,
-        "block_size": config.block_size,
-        "max_num_seqs": config.max_num_seqs,
-        "max_num_batched_tokens": config.max_num_batched_tokens,
-        "enable_chunked_prefill": config.enable_chunked_prefill,
-        "distributed_executor_backend": config.distributed_executor_backend,
-    }
-    args.update({k: v for k, v in optional.items() if v is not None})
-    return args
+    return shared_engine_args(
+        config,
+        dtype=resolve_dtype(config.dtype, native_bf16),
+        enforce_eager=True if config.enforce_eager is None else config.enforce_eager,
+    )
 
 
 def engine_env(config: Config) -> dict[str, str]:

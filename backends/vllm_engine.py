@@ -9,7 +9,7 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backends.base import (
     CompletionDelta,
@@ -25,7 +25,29 @@ from backends.base import (
 )
 from backends.chat import render_chat
 
+if TYPE_CHECKING:
+    from engine_server.config import Config
+
 logger = logging.getLogger("engine_server.vllm")
+
+
+def shared_engine_args(config: Config, **backend_args: Any) -> dict[str, Any]:
+    """The AsyncEngineArgs every vLLM backend takes from the config; backend_args add to or override them.
+    Settings left at None are not passed, so that vLLM (or its platform plugin) picks its own default."""
+    args = {
+        "enable_prefix_caching": config.enable_prefix_caching,
+        "trust_remote_code": config.trust_remote_code,
+        "tensor_parallel_size": config.parallel_number,
+        "pipeline_parallel_size": config.pipeline_parallel_size,
+        "max_model_len": config.max_model_len,
+        "block_size": config.block_size,
+        "max_num_seqs": config.max_num_seqs,
+        "max_num_batched_tokens": config.max_num_batched_tokens,
+        "enable_chunked_prefill": config.enable_chunked_prefill,
+        "distributed_executor_backend": config.distributed_executor_backend,
+        **backend_args,
+    }
+    return {name: value for name, value in args.items() if value is not None}
 
 
 class VllmEngine:
