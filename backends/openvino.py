@@ -119,6 +119,7 @@ class OpenVinoEngine:
         self._thread: threading.Thread | None = None
         self._commands: queue.SimpleQueue[tuple[str, OpenVinoRequest | None]] = queue.SimpleQueue()
         self._active: dict[int, OpenVinoRequest] = {}  # pipeline id -> request; stepping thread only
+        self._outbox: list[tuple[OpenVinoRequest, StepOutput | BaseException]] = []  # stepping thread only
         self._by_id: dict[str, OpenVinoRequest] = {}  # request_id -> request; event loop only
         self._ids = itertools.count()
         self._metrics: Any = None
@@ -215,10 +216,13 @@ class OpenVinoEngine:
                 self._metrics = self._pipe.get_metrics()
                 for req in list(self._active.values()):
                     self._deliver(req)
+                self._flush()
         except Exception as exc:
             logger.exception("the OpenVINO pipeline failed")
             self._dead = f"the OpenVINO pipeline failed: {openvino_message(exc)}"
             self._fail_all(EngineDeadError(self._dead))
+        finally:
+            self._flush()
 
     def _fail_all(self, error: EngineError) -> None:
         """Answer every request, running or still queued, with error (the pipeline runs no more)."""
@@ -293,9 +297,15 @@ class OpenVinoEngine:
         self._post(req, item)
 
     def _post(self, req: OpenVinoRequest, item: StepOutput | BaseException) -> None:
-        assert self._loop is not None
+        self._outbox.append((req, item))
+
+    def _flush(self) -> None:
+        """Hand a step's outputs to the event loop in one wake-up rather than one per request."""
+        if not self._outbox or self._loop is None:
+            return
+        batch, self._outbox = self._outbox, []
         with contextlib.suppress(RuntimeError):  # RuntimeError: the event loop is closed, nobody waits any more
-            self._loop.call_soon_threadsafe(req.outputs.put_nowait, item)
+            self._loop.call_soon_threadsafe(_dispatch, batch)
 
     # -- the event loop's side -----------------------------------------------------------------------------------
 
@@ -367,6 +377,11 @@ class OpenVinoEngine:
             self._commands.put(("stop", None))
             await asyncio.to_thread(thread.join)
         self._pipe = None
+
+
+def _dispatch(batch: list[tuple[OpenVinoRequest, StepOutput | BaseException]]) -> None:
+    for req, item in batch:
+        req.outputs.put_nowait(item)
 
 
 def load_tokenizer(model: str, trust_remote_code: bool = False) -> Any:

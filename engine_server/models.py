@@ -41,6 +41,8 @@ def _openvino(config: Config) -> str:
     """A directory already in OpenVINO IR is served as is; a Hugging Face checkpoint is exported once into the cache."""
     from engine_server import openvino_export
 
+    if config.model is None:
+        _check_default_model_convertible(config)
     source = Path(resolve(config, "hf"))
     if openvino_export.is_openvino_ir(source):
         return str(source)
@@ -52,6 +54,24 @@ def _openvino(config: Config) -> str:
         return str(openvino_export.export(source, config.cache_dir, settings, progress=logger.info))
     except openvino_export.ExportError as exc:
         raise ModelUnavailableError(str(exc)) from None
+
+
+def _check_default_model_convertible(config: Config) -> None:
+    """transformers 4 (the openvino venv's, for optimum-intel) converts the default model's GGUF tokenizer into a
+    Unigram model instead of Gemma's BPE: other token ids, worse text. Never build (and cache, where the cpu backend
+    would find it too) such a checkpoint: the GGUF conversion needs transformers 5."""
+    import importlib.metadata
+
+    from engine_server import default_model
+
+    version = importlib.metadata.version("transformers")
+    if int(version.split(".")[0]) < 5 and not default_model.is_prepared(config.cache_dir, "hf"):
+        raise ModelUnavailableError(
+            f"The default model is not prepared in {config.cache_dir}, and this environment's transformers "
+            f"{version} converts its tokenizer wrongly. Fix: prepare it once with the cpu environment "
+            "(.venv/bin/engine-server prepare, same --cache-dir); the openvino backend then exports that checkpoint. "
+            "Or pass --model with a Hugging Face checkpoint or an OpenVINO IR directory."
+        )
 
 
 def _from_hub(repo_id: str, token: str | None) -> str:

@@ -48,6 +48,24 @@ def servers(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
             stop(s.process)
 
 
+@pytest.fixture(scope="module")
+def default_model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The built-in default model on openvino: prepared here (this venv's transformers 5 converts its GGUF tokenizer
+    right, see models._check_default_model_convertible), then exported and served by the openvino venv."""
+    from engine_server import default_model
+
+    cache = tmp_path_factory.mktemp("cache")
+    default_model.prepare(cache)
+    log = cache / "server.log"
+    args = ["--hw-mode", "openvino", "--max-model-len", "2048", "--kv-cache-space", "2", "--log-format", "text"]
+    process, url = start_server(args, log, env={"ENGINE_SERVER_CACHE_DIR": str(cache)}, backend="openvino")
+    try:
+        wait_healthy(process, url, log)
+        yield LiveServer(url, process, log, "gemma-3-270m", backend="openvino")
+    finally:
+        stop(process)
+
+
 def kv_report(server: LiveServer) -> tuple[int, int, int]:
     match = REPORT.search(server.log.read_text())
     assert match, "the server did not log what the pipeline reports about its KV cache"
@@ -138,3 +156,14 @@ def test_where_it_cannot_run_it_says_why_and_exits_2(
         cwd=ROOT,
     )
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    ["Question: What is the capital of France?\nAnswer:", "The capital of Italy is Rome. The capital of France is"],
+)
+def test_the_default_model_knows_paris_on_openvino(default_model_server: LiveServer, prompt: str) -> None:
+    assert "exporting" in default_model_server.log.read_text()  # a Hugging Face checkpoint, exported at start
+    body = {"prompt": prompt, "max_tokens": 8, "temperature": 0}
+    r = httpx.post(f"{default_model_server.base_url}/v1/completions", json=body, timeout=120)
+    assert r.status_code == 200 and "Paris" in r.json()["choices"][0]["text"], r.text
