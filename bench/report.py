@@ -88,7 +88,7 @@ def targets(results: list[RunResult]) -> str:
                 continue
             ratio = ours.metrics["output_throughput"] / r.metrics["output_throughput"]
             verdict = "ok" if ratio >= minimum else "MISSED"
-            lines.append(f"  {workload:<24} vs {contender:<11} {ratio:5.2f}x (target >= {minimum:.2f}x)  {verdict}")
+            lines.append(f"  {workload:<24} vs {contender:<11} {ratio:6.3f}x (target >= {minimum:.2f}x)  {verdict}")
     ttft_lines = _ttft_checks(results)
     ready_lines = _ready_checks(results)
     return "\n".join(lines + ttft_lines + ready_lines)
@@ -104,7 +104,7 @@ def _ttft_checks(results: list[RunResult]) -> list[str]:
             continue
         ratio = ours.metrics["mean_ttft_ms"] / r.metrics["mean_ttft_ms"]
         verdict = "ok" if ratio <= 1.0 else "MISSED"
-        lines.append(f"  {r.workload:<24} mean TTFT ours / vllm serve {ratio:5.2f}x (target <= 1.00x)  {verdict}")
+        lines.append(f"  {r.workload:<24} mean TTFT ours / vllm serve {ratio:6.3f}x (target <= 1.00x)  {verdict}")
     return lines
 
 
