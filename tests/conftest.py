@@ -76,17 +76,19 @@ def wait_healthy(
     """Wait for /health to answer 200; returns the first status it answered."""
     deadline = time.monotonic() + timeout
     first: int | None = None
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            status = httpx.get(f"{base_url}/health", timeout=2).status_code
-            first = status if first is None else first
-            if status == 200:
-                return first
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
+    # One client for all polls: a new one per call costs ~25 ms of CPU, taken from the server that is starting.
+    with httpx.Client(timeout=2) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                status = client.get(f"{base_url}/health").status_code
+                first = status if first is None else first
+                if status == 200:
+                    return first
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
     process.kill()
     raise RuntimeError(f"the server was not healthy after {timeout} s:\n{log.read_text()[-4000:]}")
 
