@@ -26,8 +26,8 @@ def create_engine(config: Config, resolve_model: ModelResolver) -> Engine:
         hpu.check_available(config)
         return hpu.create_engine(config, resolve_model)
     if config.hw_mode == "openvino":
-        from backends import openvino
+        from backends import openvino, openvino_settings
 
-        openvino.check_available(config)
+        openvino_settings.check_available(config)
         return openvino.create_engine(config, resolve_model)
     raise BackendUnavailableError(f"hw_mode {config.hw_mode!r} is not available in this build")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import itertools
 import json
 import logging
@@ -36,30 +35,16 @@ from backends.base import (
     StepOutput,
 )
 from backends.chat import render_chat
-from backends.openvino_request import OpenVinoRequest
+from backends.openvino_request import OpenVinoRequest, merge_outputs
 from backends.openvino_sampling import check_supported, generation_config, openvino_message
+from backends.openvino_settings import PipelineSettings, settings_from_config
 
 if TYPE_CHECKING:
     from engine_server.config import Config
 
 logger = logging.getLogger("engine_server.openvino")
 
-DEFAULT_KV_CACHE_GIB = 4  # as the cpu backend
-INFERENCE_PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}  # dtype "auto": the device's choice
-
-
-@dataclass(frozen=True)
-class PipelineSettings:
-    device: str = "CPU"
-    kv_cache_gib: int = DEFAULT_KV_CACHE_GIB
-    kv_cache_precision: str | None = None  # None: the device's default (u8 on CPU)
-    inference_precision: str | None = None
-    enable_prefix_caching: bool = True
-    dynamic_split_fuse: bool | None = None  # chunked prefill; None: OpenVINO's default (on)
-    max_num_batched_tokens: int | None = None
-    max_num_seqs: int | None = None
-    max_model_len: int | None = None
-    trust_remote_code: bool = False
+SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass(frozen=True)
@@ -69,38 +54,6 @@ class KvCacheReport:
     size_bytes: int
     num_blocks: int
     block_bytes: int
-
-
-def settings_from_config(config: Config) -> PipelineSettings:
-    space = config.kv_cache_space if config.kv_cache_space is not None else DEFAULT_KV_CACHE_GIB
-    return PipelineSettings(
-        device=config.device,
-        kv_cache_gib=int(space),
-        kv_cache_precision=config.kv_cache_precision,
-        inference_precision=INFERENCE_PRECISIONS.get(config.dtype),
-        enable_prefix_caching=config.enable_prefix_caching,
-        dynamic_split_fuse=config.enable_chunked_prefill,
-        max_num_batched_tokens=config.max_num_batched_tokens,
-        max_num_seqs=config.max_num_seqs,
-        max_model_len=config.max_model_len,
-        trust_remote_code=config.trust_remote_code,
-    )
-
-
-def check_available(config: Config, dri: Path = Path("/dev/dri")) -> None:
-    """Raise BackendUnavailableError naming what is missing, before anything heavy is imported."""
-    from backends import BackendUnavailableError
-
-    if importlib.util.find_spec("openvino_genai") is None:
-        raise BackendUnavailableError(
-            f"hw_mode openvino needs OpenVINO GenAI, which this Python ({sys.executable}) does not have. "
-            "Fix: run scripts/setup and start .venv-openvino/bin/engine-server, or use the openvino image."
-        )
-    if config.device.startswith("GPU") and not any(dri.glob("renderD*")):
-        raise BackendUnavailableError(
-            f"device {config.device} needs an Intel GPU, and {dri} has no render node. Fix: install the GPU driver; "
-            "in a container pass --device /dev/dri --group-add render (docs/openvino.md)."
-        )
 
 
 def create_engine(config: Config, resolve_model: ModelResolver) -> OpenVinoEngine:
@@ -132,6 +85,9 @@ class OpenVinoEngine:
         model = await asyncio.to_thread(self._resolve_model)
         info = await asyncio.to_thread(self._load, model)
         self._loop = asyncio.get_running_loop()
+        # step() keeps the GIL for a whole step: the event loop, waiting for it, would get it back only after the
+        # default 5 ms switch interval, once per I/O call, and fall behind the engine by many steps.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         self._thread = threading.Thread(target=self._run, name="openvino-steps", daemon=True)
         self._thread.start()
         return info
@@ -215,7 +171,12 @@ class OpenVinoEngine:
                 self._pipe.step()
                 self._metrics = self._pipe.get_metrics()
                 for req in list(self._active.values()):
-                    self._deliver(req)
+                    try:
+                        self._deliver(req)
+                    except Exception as exc:  # one request's outputs went wrong, not the pipeline: fail it alone
+                        logger.exception("request %s failed", req.request.request_id)
+                        req.handle.cancel()
+                        self._finish(req, EngineError(f"the request failed: {exc}"))
                 self._flush()
         except Exception as exc:
             logger.exception("the OpenVINO pipeline failed")
@@ -321,12 +282,19 @@ class OpenVinoEngine:
         self._commands.put(("add", req))
         try:
             while True:
-                item = await req.outputs.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finished:
-                    return
+                items = [await req.outputs.get()]
+                while not req.outputs.empty():
+                    items.append(req.outputs.get_nowait())
+                # What piled up while the consumer was behind goes out as one output (as vLLM does): fewer, larger
+                # chunks, and the event loop serves others instead of a backlog. An error is always the last item.
+                outputs = [item for item in items if isinstance(item, StepOutput)]
+                if outputs:
+                    output = merge_outputs(outputs)
+                    yield output
+                    if output.finished:
+                        return
+                if isinstance(items[-1], BaseException):
+                    raise items[-1]
         finally:
             # Closed early (client gone, CancelledError) or failed: the pipeline must stop working on it.
             self._by_id.pop(request.request_id, None)

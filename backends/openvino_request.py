@@ -84,3 +84,20 @@ class OpenVinoRequest:
         # One top logprob is only allowed where the chosen token is the most likely one (openvino_sampling).
         top = ((text, float(logprob)),) if self.request.sampling.logprobs == 1 else ()
         return TokenLogprob(text, float(logprob), top)
+
+
+def merge_outputs(outputs: list[StepOutput]) -> StepOutput:
+    """Several consecutive outputs of one request as one: each sequence's text, counts and logprobs joined."""
+    if len(outputs) == 1:
+        return outputs[0]
+    merged: dict[int, CompletionDelta] = {}
+    for output in outputs:
+        for d in output.deltas:
+            m = merged.setdefault(d.index, CompletionDelta(d.index, "", 0))
+            m.text += d.text
+            m.num_tokens += d.num_tokens
+            if d.logprobs is not None:
+                m.logprobs = (m.logprobs or []) + d.logprobs
+            m.finish_reason = d.finish_reason or m.finish_reason
+    last = outputs[-1]
+    return StepOutput(last.num_prompt_tokens, [merged[i] for i in sorted(merged)], finished=last.finished)

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer
 
-from backends.base import GenerateRequest, SamplingOptions
-from backends.openvino_request import OpenVinoRequest
+from backends.base import CompletionDelta, GenerateRequest, SamplingOptions, StepOutput, TokenLogprob
+from backends.openvino_request import OpenVinoRequest, merge_outputs
 
 EOS = 2
 
@@ -71,3 +71,17 @@ def test_a_finished_request_without_a_last_output_is_closed(tokenizer: Any) -> N
     req.take({0: output([300, 301])})
     (delta,) = req.close()
     assert (delta.finish_reason, delta.num_tokens, req.all_done) == ("length", 0, True)
+
+
+def test_outputs_that_piled_up_are_merged_per_sequence() -> None:
+    first = StepOutput(3, [CompletionDelta(0, "a", 1, [TokenLogprob("a", -1.0)]), CompletionDelta(1, "x", 1)])
+    second = StepOutput(3, [CompletionDelta(0, "b", 2, [TokenLogprob("b", -2.0)], "stop")], finished=False)
+    third = StepOutput(3, [CompletionDelta(1, "y", 1, finish_reason="length")], finished=True)
+    merged = merge_outputs([first, second, third])
+    assert [(d.index, d.text, d.num_tokens, d.finish_reason) for d in merged.deltas] == [
+        (0, "ab", 3, "stop"),
+        (1, "xy", 2, "length"),
+    ]
+    assert merged.deltas[0].logprobs is not None and [t.token for t in merged.deltas[0].logprobs] == ["a", "b"]
+    assert merged.deltas[1].logprobs is None and merged.finished and first.deltas[0].text == "a"
+    assert merge_outputs([first]) is first

@@ -1,0 +1,61 @@
+"""OpenVINO: which pipeline settings the configuration turns into, and whether the backend can run here."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine_server.config import Config
+
+DEFAULT_KV_CACHE_GIB = 4  # as the cpu backend
+INFERENCE_PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}  # dtype "auto": the device's choice
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    device: str = "CPU"
+    kv_cache_gib: int = DEFAULT_KV_CACHE_GIB
+    kv_cache_precision: str | None = None  # None: the device's default (u8 on CPU)
+    inference_precision: str | None = None
+    enable_prefix_caching: bool = True
+    dynamic_split_fuse: bool | None = None  # chunked prefill; None: OpenVINO's default (on)
+    max_num_batched_tokens: int | None = None
+    max_num_seqs: int | None = None
+    max_model_len: int | None = None
+    trust_remote_code: bool = False
+
+
+def settings_from_config(config: Config) -> PipelineSettings:
+    space = config.kv_cache_space if config.kv_cache_space is not None else DEFAULT_KV_CACHE_GIB
+    return PipelineSettings(
+        device=config.device,
+        kv_cache_gib=int(space),
+        kv_cache_precision=config.kv_cache_precision,
+        inference_precision=INFERENCE_PRECISIONS.get(config.dtype),
+        enable_prefix_caching=config.enable_prefix_caching,
+        dynamic_split_fuse=config.enable_chunked_prefill,
+        max_num_batched_tokens=config.max_num_batched_tokens,
+        max_num_seqs=config.max_num_seqs,
+        max_model_len=config.max_model_len,
+        trust_remote_code=config.trust_remote_code,
+    )
+
+
+def check_available(config: Config, dri: Path = Path("/dev/dri")) -> None:
+    """Raise BackendUnavailableError naming what is missing, before anything heavy is imported."""
+    from backends import BackendUnavailableError
+
+    if importlib.util.find_spec("openvino_genai") is None:
+        raise BackendUnavailableError(
+            f"hw_mode openvino needs OpenVINO GenAI, which this Python ({sys.executable}) does not have. "
+            "Fix: run scripts/setup and start .venv-openvino/bin/engine-server, or use the openvino image."
+        )
+    if config.device.startswith("GPU") and not any(dri.glob("renderD*")):
+        raise BackendUnavailableError(
+            f"device {config.device} needs an Intel GPU, and {dri} has no render node. Fix: install the GPU driver; "
+            "in a container pass --device /dev/dri --group-add render (docs/openvino.md)."
+        )
