@@ -8,8 +8,7 @@ each line of the output prices one cause:
     python -m bench.http_overhead --variants as-is,no-access-log --num-requests 400
 
 Variants: as-is; no-access-log (the guard's per-request JSON log line off); cached-encoder (one module-level
-JSONEncoder instead of json.dumps with non-default arguments, which builds an encoder per call); plain-sse (Starlette's
-StreamingResponse with pre-framed `data: ...` lines instead of sse-starlette); no-tokenizer (prompt rendering and
+JSONEncoder; the server now uses one, so this variant should save nothing); no-tokenizer (prompt rendering and
 tokenizing replaced by a constant); floor (a bare ASGI app doing only the engine loop, json.dumps and send: what any
 Python server pays). The figures exclude uvicorn's socket writes and vLLM's output processing, which every
 contender pays alike.
@@ -32,7 +31,7 @@ from typing import Any
 from backends.base import CompletionDelta, EngineStats, GenerateRequest, ModelInfo, StepOutput
 from backends.vllm_engine import render_chat
 
-VARIANTS = ("as-is", "no-access-log", "cached-encoder", "plain-sse", "no-tokenizer", "floor")
+VARIANTS = ("as-is", "no-access-log", "cached-encoder", "no-tokenizer", "floor")
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu", "nu"]
 
 
@@ -140,31 +139,20 @@ def _sampling(max_tokens: int) -> Any:
 
 @contextlib.contextmanager
 def patched(variant: str) -> Iterator[None]:
-    from starlette.responses import StreamingResponse
 
     import engine_server.streaming as streaming
 
     access = logging.getLogger("engine_server.access")
-    original_sse, original_disabled, original_encode = streaming.EventSourceResponse, access.disabled, streaming.encode
+    original_disabled, original_encode = access.disabled, streaming.encode
     if variant == "no-access-log":
         access.disabled = True
     if variant == "cached-encoder":
         encoder: Any = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
         streaming.encode = encoder.encode
-    if variant == "plain-sse":
-
-        def plain(events: AsyncIterator[str], **_: Any) -> StreamingResponse:
-            async def framed() -> AsyncIterator[bytes]:
-                async for event in events:
-                    yield b"data: " + event.encode() + b"\n\n"
-
-            return StreamingResponse(framed(), media_type="text/event-stream")
-
-        streaming.EventSourceResponse = plain  # type: ignore[assignment,misc]
     try:
         yield
     finally:
-        streaming.EventSourceResponse, access.disabled = original_sse, original_disabled  # type: ignore[misc]
+        access.disabled = original_disabled
         streaming.encode = original_encode
 
 

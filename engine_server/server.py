@@ -12,7 +12,6 @@ import threading
 from collections.abc import Iterator
 
 import uvicorn
-from sse_starlette.sse import AppStatus
 
 from backends.base import Engine
 from engine_server.app import create_app
@@ -75,8 +74,6 @@ def serve(config: Config, engine: Engine | None = None) -> int:
     configure_logging(config.log_level, config.log_format)
     if config.log_format == "json":
         _json_logs_for_vllm(config.log_level)
-    # In-flight streams finish within the shutdown grace instead of being cut at the first signal.
-    AppStatus.disable_automatic_graceful_drain()
     failures: list[str] = []
 
     def on_fatal(message: str) -> None:
