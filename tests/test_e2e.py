@@ -20,9 +20,7 @@ SEED_CURL_BODIES = [  # the reference service's README lines, sent verbatim
 ]
 USER = [{"role": "user", "content": "The capital of France is"}]
 GREEDY = {"temperature": 0, "max_tokens": 12}
-LONG = 2000  # output tokens: seconds of decoding, far longer than FREED_WITHIN_S
-# OpenVINO decodes the tiny model ~10x faster than vLLM (LONG tokens in ~1.3 s here): its deadline is shorter.
-FREED_WITHIN_S = {"cpu": 2.0, "openvino": 0.5}
+LONG = 2000  # output tokens of the requests the disconnect tests abandon
 
 
 def assert_engine_idle_within(server: LiveServer, seconds: float) -> None:
@@ -237,28 +235,31 @@ def test_bad_input_gets_400_and_the_server_still_serves(
     assert chat_text(client, max_tokens=2)
 
 
-def test_long_request_takes_longer_than_the_freeing_deadline(client: openai.OpenAI, server: LiveServer) -> None:
-    # What makes the two disconnect tests meaningful: finishing on its own would take far longer than FREED_WITHIN_S.
-    # On OpenVINO the whole request is quick enough to time (and its per-token cost grows with the length).
-    timed = LONG if server.backend == "openvino" else 100
+@pytest.fixture(scope="module")
+def freeing_deadline(client: openai.OpenAI) -> float:
+    """Seconds an abandoned LONG request may still run: half of what finishing it takes on this machine, now.
+
+    Timing the whole request keeps the disconnect tests meaningful on fast and on loaded machines alike: a request
+    that was not aborted would still be running at the deadline.
+    """
     started = time.monotonic()
-    r = client.completions.create(model="tiny", prompt="story", max_tokens=timed, extra_body={"ignore_eos": True})
-    per_token = (time.monotonic() - started) / timed
-    assert r.usage is not None and r.usage.completion_tokens == timed
-    assert per_token * LONG > 2 * FREED_WITHIN_S[server.backend]
+    r = client.completions.create(model="tiny", prompt="story", max_tokens=LONG, extra_body={"ignore_eos": True})
+    natural = time.monotonic() - started
+    assert r.usage is not None and r.usage.completion_tokens == LONG
+    return min(2.0, natural / 2)
 
 
-def test_client_disconnect_mid_stream_frees_the_engine(server: LiveServer) -> None:
+def test_client_disconnect_mid_stream_frees_the_engine(server: LiveServer, freeing_deadline: float) -> None:
     body = {"messages": "story", "max_tokens": LONG, "ignore_eos": True, "stream": True}
     with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=30) as r:
         lines = r.iter_lines()
         assert next(line for line in lines if line.startswith("data:"))
         assert server.metric("engine_server_requests_running") == 1
-    assert_engine_idle_within(server, FREED_WITHIN_S[server.backend])
+    assert_engine_idle_within(server, freeing_deadline)
 
 
-def test_client_timeout_on_non_streaming_request_frees_the_engine(server: LiveServer) -> None:
+def test_client_timeout_on_non_streaming_request_frees_the_engine(server: LiveServer, freeing_deadline: float) -> None:
     body = {"messages": "story", "max_tokens": LONG, "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=httpx.Timeout(30, read=0.5))
-    assert_engine_idle_within(server, FREED_WITHIN_S[server.backend])
+    assert_engine_idle_within(server, freeing_deadline)
