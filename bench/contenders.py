@@ -40,9 +40,18 @@ class Running:
     pgids: tuple[int, ...]
 
 
-def our_server_cmd(model: str, port: int, served_name: str, settings: EngineSettings) -> list[str]:
+ROOT = Path(__file__).resolve().parent.parent
+# The openvino backend runs from its own venv (its exporter needs another transformers than vLLM).
+OPENVINO_PYTHON = ROOT / ".venv-openvino" / "bin" / "python"
+
+
+def our_server_cmd(
+    model: str, port: int, served_name: str, settings: EngineSettings, hw_mode: str = "cpu"
+) -> list[str]:
+    python = str(OPENVINO_PYTHON) if hw_mode == "openvino" else sys.executable
+    eager = ["--enforce-eager"] if hw_mode == "cpu" else []
     return [
-        sys.executable,
+        python,
         "-m",
         "engine_server.cli",
         "--model",
@@ -54,14 +63,14 @@ def our_server_cmd(model: str, port: int, served_name: str, settings: EngineSett
         "--port",
         str(port),
         "--hw-mode",
-        "cpu",
+        hw_mode,
         "--dtype",
         settings.dtype,
         "--kv-cache-space",
         f"{settings.kv_cache_space_gib:g}",
         "--max-model-len",
         str(settings.max_model_len),
-        "--enforce-eager",
+        *eager,
         "--enable-prefix-caching",
     ]
 
@@ -103,9 +112,11 @@ def started(name: str, cmd: list[str], log: Path, env: dict[str, str]) -> Iterat
 
 
 @contextlib.contextmanager
-def our_server(model: str, served_name: str, settings: EngineSettings, log: Path) -> Iterator[Running]:
-    cmd = our_server_cmd(model, free_port(), served_name, settings)
-    with started("engine-server", cmd, log, settings.env()) as (child, url, ready_s):
+def our_server(
+    model: str, served_name: str, settings: EngineSettings, log: Path, hw_mode: str = "cpu"
+) -> Iterator[Running]:
+    cmd = our_server_cmd(model, free_port(), served_name, settings, hw_mode)
+    with started(f"engine-server ({hw_mode})", cmd, log, settings.env()) as (child, url, ready_s):
         yield Running(url, ready_s, (child.process.pid,))
 
 

@@ -22,7 +22,7 @@ from bench.contenders import EngineSettings, Running, our_server, proxy, run_raw
 from bench.report import OURS, table, targets
 from bench.workloads import RunResult, Workload, combine, gemma_workloads, load_average, tiny_workload
 
-CONTENDERS = ("engine-server", "vllm-serve", "two-hop", "raw-engine")
+CONTENDERS = ("engine-server", "vllm-serve", "two-hop", "raw-engine", "engine-server-openvino")
 GROUPS = ("tiny", "gemma")
 
 
@@ -103,6 +103,12 @@ def run_group(
     if "raw-engine" in contenders:
         _say(f"starting the raw engine on {group}")
         bench.raw(model, workloads)
+    if "engine-server-openvino" in contenders:
+        # Our server on the openvino backend (exported from the same checkpoint, in the same dtype): not a default
+        # contender, as it needs .venv-openvino (scripts/setup openvino).
+        _say(f"starting engine-server (openvino) on {group}")
+        with our_server(model, served_name, settings, logs / f"ours-openvino-{group}.log", "openvino") as ov:
+            bench.http("engine-server openvino", ov, workloads, served_name)
     bench.print_table(f"{group}: all contenders so far")
 
 
@@ -130,7 +136,7 @@ def _gemma_model(cache_dir: Path | None) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.serve_compare", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny workload only, 64 prompts: under 5 minutes")
-    parser.add_argument("--contenders", default=",".join(CONTENDERS), help=f"comma list of {', '.join(CONTENDERS)}")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS[:4]), help=f"comma list of {', '.join(CONTENDERS)}")
     parser.add_argument("--workloads", default=None, help="comma list of tiny, gemma (default: both; --quick: tiny)")
     parser.add_argument("--model", default=None, help="model for the tiny workload (default: the tiny test model)")
     parser.add_argument("--gemma-model", default=None, help="gemma-3-270m checkpoint dir (default: prepare it)")
