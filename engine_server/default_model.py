@@ -8,7 +8,6 @@ and one rename publishes it: an interrupted run never leaves a directory that is
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import importlib.util
 import json
@@ -21,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from engine_server.atomic import fsync_dir, locked
 from engine_server.config import DEFAULT_MODEL_NAME
 
 logger = logging.getLogger("engine_server.default_model")
@@ -90,7 +90,7 @@ def prepare(cache_dir: Path, fmt: str = "hf", progress: Progress | None = None) 
         return final
     report = progress or logger.info
     final.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(final.parent / f".{final.name}.lock", report):
+    with locked(final.parent / f".{final.name}.lock", report, "preparing the default model"):
         if is_prepared(cache_dir, fmt):  # another process finished it while we waited for the lock
             return final
         _remove_leftovers(final, report)
@@ -105,7 +105,7 @@ def prepare(cache_dir: Path, fmt: str = "hf", progress: Progress | None = None) 
         except BaseException:  # KeyboardInterrupt too: never leave a half build behind if we can help it
             shutil.rmtree(build, ignore_errors=True)
             raise
-        _fsync(final.parent)
+        fsync_dir(final.parent)
         report(f"default model ready in {time.monotonic() - started:.1f} s: {final}")
     return final
 
@@ -232,28 +232,6 @@ def _remove_leftovers(final: Path, report: Progress) -> None:
     for path in stale:
         report(f"removing an incomplete earlier preparation: {path}")
         shutil.rmtree(path)
-
-
-@contextlib.contextmanager
-def _locked(path: Path, report: Progress) -> Iterator[None]:
-    with path.open("a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            report(f"another process is preparing the default model; waiting for it ({path})")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _fsync(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # One builder per format. An "openvino" builder would call prepare(cache_dir, "hf") and export that

@@ -7,8 +7,6 @@ marked complete last and published by one rename, so an interrupted export is ne
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -21,9 +19,11 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from engine_server.atomic import fsync_dir, locked
 
 logger = logging.getLogger("engine_server.openvino_export")
 
@@ -88,7 +88,7 @@ def export(source: Path, cache_dir: Path, settings: ExportSettings, progress: Pr
         return final
     report = progress or logger.info
     final.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(final.parent / f".{final.name}.lock", report):
+    with locked(final.parent / f".{final.name}.lock", report, "exporting this model"):
         if is_exported(final):  # another process finished it while we waited for the lock
             return final
         for stale in [*final.parent.glob(f".{final.name}.tmp-*"), *([final] if final.exists() else [])]:
@@ -106,7 +106,7 @@ def export(source: Path, cache_dir: Path, settings: ExportSettings, progress: Pr
         except BaseException:  # KeyboardInterrupt too: never leave a half export behind if we can help it
             shutil.rmtree(build, ignore_errors=True)
             raise
-        _fsync(final.parent)
+        fsync_dir(final.parent)
         report(f"OpenVINO export ready in {time.monotonic() - started:.1f} s: {final}")
     return final
 
@@ -184,25 +184,3 @@ def _write_marker(build: Path, source: Path, settings: ExportSettings) -> None:
         json.dump(marker, f, indent=2)
         f.flush()
         os.fsync(f.fileno())
-
-
-@contextlib.contextmanager
-def _locked(path: Path, report: Progress) -> Iterator[None]:
-    with path.open("a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            report(f"another process is exporting this model; waiting for it ({path})")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _fsync(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
