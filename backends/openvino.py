@@ -100,28 +100,7 @@ class OpenVinoEngine:
         max_model_len = s.max_model_len or int(config.get("max_position_embeddings") or 0)
         if max_model_len <= 0:
             raise EngineError(f"{model}/config.json gives no context length: pass --max-model-len")
-        scheduler = openvino_genai.SchedulerConfig()
-        scheduler.cache_size = s.kv_cache_gib
-        scheduler.enable_prefix_caching = s.enable_prefix_caching
-        if s.dynamic_split_fuse is not None:
-            scheduler.dynamic_split_fuse = s.dynamic_split_fuse
-        if s.max_num_seqs is not None:
-            scheduler.max_num_seqs = s.max_num_seqs
-        if s.max_num_batched_tokens is not None:
-            scheduler.max_num_batched_tokens = s.max_num_batched_tokens
-        elif not scheduler.dynamic_split_fuse:
-            # Unsplit prompts must fit one step, or the scheduler drops them as out of memory.
-            scheduler.max_num_batched_tokens = max(scheduler.max_num_batched_tokens, max_model_len)
-        properties = {}
-        if s.kv_cache_precision:
-            properties["KV_CACHE_PRECISION"] = s.kv_cache_precision
-        if s.inference_precision:
-            properties["INFERENCE_PRECISION_HINT"] = s.inference_precision
-        logger.info("starting the OpenVINO pipeline on %s: %s %s", s.device, scheduler.to_string(), properties)
-        try:
-            self._pipe = openvino_genai.ContinuousBatchingPipeline(model, scheduler, s.device, properties)
-        except RuntimeError as exc:
-            raise EngineError(f"OpenVINO could not load {model} on {s.device}: {openvino_message(exc)}") from None
+        self._pipe = open_pipeline(model, s, max_model_len)
         self._tokenizer = load_tokenizer(model, s.trust_remote_code)
         defaults = self._pipe.get_config()
         self._eos_token_id = int(defaults.eos_token_id)
@@ -350,6 +329,34 @@ class OpenVinoEngine:
 def _dispatch(batch: list[tuple[OpenVinoRequest, StepOutput | BaseException]]) -> None:
     for req, item in batch:
         req.outputs.put_nowait(item)
+
+
+def open_pipeline(model: str, s: PipelineSettings, max_model_len: int) -> Any:
+    """The ContinuousBatchingPipeline for these settings (the benchmark's raw-pipeline contender uses it too)."""
+    import openvino_genai
+
+    scheduler = openvino_genai.SchedulerConfig()
+    scheduler.cache_size = s.kv_cache_gib
+    scheduler.enable_prefix_caching = s.enable_prefix_caching
+    if s.dynamic_split_fuse is not None:
+        scheduler.dynamic_split_fuse = s.dynamic_split_fuse
+    if s.max_num_seqs is not None:
+        scheduler.max_num_seqs = s.max_num_seqs
+    if s.max_num_batched_tokens is not None:
+        scheduler.max_num_batched_tokens = s.max_num_batched_tokens
+    elif not scheduler.dynamic_split_fuse:
+        # Unsplit prompts must fit one step, or the scheduler drops them as out of memory.
+        scheduler.max_num_batched_tokens = max(scheduler.max_num_batched_tokens, max_model_len)
+    properties = {}
+    if s.kv_cache_precision:
+        properties["KV_CACHE_PRECISION"] = s.kv_cache_precision
+    if s.inference_precision:
+        properties["INFERENCE_PRECISION_HINT"] = s.inference_precision
+    logger.info("starting the OpenVINO pipeline on %s: %s %s", s.device, scheduler.to_string(), properties)
+    try:
+        return openvino_genai.ContinuousBatchingPipeline(model, scheduler, s.device, properties)
+    except RuntimeError as exc:
+        raise EngineError(f"OpenVINO could not load {model} on {s.device}: {openvino_message(exc)}") from None
 
 
 def load_tokenizer(model: str, trust_remote_code: bool = False) -> Any:

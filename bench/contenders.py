@@ -140,31 +140,42 @@ def run_raw_engine(
     model: str, runs: list[tuple[Workload, int]], settings: EngineSettings, log: Path, timeout: float = 7200
 ) -> dict[str, Any]:
     """Run the raw-engine driver on each (workload, seed); returns its {"ready_s", "runs": [...]} result."""
-    out = log.with_suffix(".json")
     spec = [{"workload": asdict(w), "seed": seed} for w, seed in runs]
-    cmd = [
-        sys.executable,
-        "-m",
-        "bench.raw_engine",
-        "--model",
-        model,
-        "--dtype",
-        settings.dtype,
-        "--max-model-len",
-        str(settings.max_model_len),
-        "--runs",
-        json.dumps(spec),
-        "--out",
-        str(out),
-        "--t0",
-        str(time.time()),
-    ]
-    child = launch("raw engine", cmd, log, settings.env())
+    cmd = [sys.executable, "-m", "bench.raw_engine", "--model", model, "--dtype", settings.dtype]
+    cmd += ["--max-model-len", str(settings.max_model_len), "--runs", json.dumps(spec)]
+    return _run_driver("raw engine", cmd, log, settings.env(), timeout)
+
+
+def run_raw_pipeline(
+    model: str, runs: list[tuple[Workload, int]], settings: EngineSettings, log: Path, timeout: float = 7200
+) -> dict[str, Any]:
+    """The raw OpenVINO pipeline on each (workload, seed), with our openvino server's flags; same result shape.
+
+    The prompts are sampled here, where vLLM's sampler is (the openvino venv has no vLLM), from the same tokenizer
+    the export carries."""
+    from transformers import AutoTokenizer
+
+    from bench.raw_engine import sample_prompts
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    spec = [{"workload": asdict(w), "seed": seed, "prompts": sample_prompts(w, seed, tokenizer)} for w, seed in runs]
+    prompts = log.with_suffix(".prompts.json")
+    prompts.write_text(json.dumps(spec))
+    flags = our_server_cmd(model, 9000, "raw", settings, "openvino")[3:]  # no port is opened
+    cmd = [str(OPENVINO_PYTHON), "-m", "bench.raw_pipeline", "--server-args", json.dumps(flags)]
+    cmd += ["--runs", str(prompts)]
+    return _run_driver("raw pipeline", cmd, log, {}, timeout)
+
+
+def _run_driver(name: str, cmd: list[str], log: Path, env: dict[str, str], timeout: float) -> dict[str, Any]:
+    """Start a no-HTTP driver, wait for it, and read its JSON result; ready_s counts from this launch."""
+    out = log.with_suffix(".json")
+    child = launch(name, [*cmd, "--out", str(out), "--t0", str(time.time())], log, env)
     try:
         returncode = child.process.wait(timeout)
     finally:
         stop(child)
     if returncode != 0 or not out.exists():
-        raise StartupError(f"the raw engine run failed ({returncode}):\n{child.tail()}")
+        raise StartupError(f"the {name} run failed ({returncode}):\n{child.tail()}")
     result: dict[str, Any] = json.loads(out.read_text())
     return result

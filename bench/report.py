@@ -5,6 +5,7 @@ from __future__ import annotations
 from bench.workloads import METRICS, RunResult, Workload
 
 OURS = "engine-server"
+OURS_OPENVINO = "engine-server openvino"
 COLUMNS = {
     "output_throughput": "out tok/s",
     "request_throughput": "req/s",
@@ -12,13 +13,17 @@ COLUMNS = {
     "p99_ttft_ms": "p99 TTFT",
     "mean_tpot_ms": "TPOT ms",
 }
-# Issue 7's targets on output tok/s, as (contender, minimum of ours / contender, on which workloads).
+# Issue 7's targets on output tok/s, as (our server on a backend, contender, minimum of ours / contender, on which
+# workloads); each backend against its own raw engine.
 TARGETS = (
-    ("raw engine", 0.97, "all"),
-    ("vllm serve", 1.2, "tiny"),
-    ("vllm serve", 1.0, "gemma"),
-    ("two-hop", 2.0, "tiny"),
+    (OURS, "raw engine", 0.97, "all"),
+    (OURS_OPENVINO, "raw pipeline", 0.97, "all"),
+    (OURS, "vllm serve", 1.2, "tiny"),
+    (OURS, "vllm serve", 1.0, "gemma"),
+    (OURS, "two-hop", 2.0, "tiny"),
 )
+# Each backend's time to ready against its raw engine's.
+READY = ((OURS, "raw engine"), (OURS_OPENVINO, "raw pipeline"))
 
 
 def _num(value: float | None, width: int, digits: int = 1) -> str:
@@ -27,11 +32,11 @@ def _num(value: float | None, width: int, digits: int = 1) -> str:
 
 def table(results: list[RunResult], workloads: list[Workload]) -> str:
     lines = [
-        "Figures from vLLM's benchmark client (raw engine: same definitions, measured in-process).",
+        "Figures from vLLM's benchmark client (raw engine, raw pipeline: same definitions, measured in-process).",
         "'x' columns: contender / engine-server (throughput: >1 means the contender is faster; latency: >1 means "
         "slower). load: 1-min load average before -> after the run (2 cores). With --repeat: medians of the runs.",
     ]
-    header = f"{'contender':<14}{'ready s':>8}"
+    header = f"{'contender':<23}{'ready s':>8}"
     for metric in METRICS:
         header += f"{COLUMNS[metric]:>11}{'x':>6}"
     header += f"{'load':>13}  out tok/s range (runs)"
@@ -42,7 +47,7 @@ def table(results: list[RunResult], workloads: list[Workload]) -> str:
         lines += ["", f"== {workload.name}  ({workload.num_prompts} prompts) ==", header]
         ours = next((r for r in rows if r.contender == OURS), None)
         for r in rows:
-            line = f"{r.contender:<14}{_num(r.ready_s, 8)}"
+            line = f"{r.contender:<23}{_num(r.ready_s, 8)}"
             for metric in METRICS:
                 value = r.metrics.get(metric)
                 base = ours.metrics.get(metric) if ours else None
@@ -60,8 +65,8 @@ def table(results: list[RunResult], workloads: list[Workload]) -> str:
 def cpu_table(rows: list[RunResult]) -> list[str]:
     """CPU seconds spent during the measured run: less sensitive to other jobs than the wall-clock figures."""
     lines = [
-        f"  CPU s during the run {'front':>8}{'engine':>8}{'client':>8}   front ms/out tok  "
-        "(front: HTTP server process(es) incl. AsyncLLM output processing; raw engine: its driver process)"
+        f"  CPU s during the run{'':>9}{'front':>8}{'engine':>8}{'client':>8}   front ms/out tok  "
+        "(front: HTTP server process(es) incl. AsyncLLM output processing; raw engine/pipeline: the driver process)"
     ]
     for r in rows:
         if not r.extra:
@@ -69,7 +74,7 @@ def cpu_table(rows: list[RunResult]) -> list[str]:
         tokens = r.metrics.get("total_output_tokens") or 0
         per_token = 1000 * r.extra["front"] / tokens if tokens else None
         lines.append(
-            f"  {r.contender:<20}{r.extra['front']:>8.1f}{r.extra['engine']:>8.1f}{r.extra['client']:>8.1f}"
+            f"  {r.contender:<27}{r.extra['front']:>8.1f}{r.extra['engine']:>8.1f}{r.extra['client']:>8.1f}"
             f"{_num(per_token, 12, 3)}"
         )
     return lines
@@ -79,16 +84,17 @@ def targets(results: list[RunResult]) -> str:
     """Issue 7's targets, each as ours / contender on output tok/s, with the verdict."""
     lines = ["", "Targets (ours / contender, output tok/s):"]
     by_key = {(r.contender, r.workload): r for r in results}
-    for contender, minimum, scope in TARGETS:
+    for our_name, contender, minimum, scope in TARGETS:
         for (name, workload), r in sorted(by_key.items()):
             if name != contender or (scope != "all" and not workload.startswith(scope)):
                 continue
-            ours = by_key.get((OURS, workload))
+            ours = by_key.get((our_name, workload))
             if ours is None:
                 continue
             ratio = ours.metrics["output_throughput"] / r.metrics["output_throughput"]
             verdict = "ok" if ratio >= minimum else "MISSED"
-            lines.append(f"  {workload:<24} vs {contender:<11} {ratio:6.3f}x (target >= {minimum:.2f}x)  {verdict}")
+            pair = f"{our_name} vs {contender}"
+            lines.append(f"  {workload:<24} {pair:<38} {ratio:6.3f}x (target >= {minimum:.2f}x)  {verdict}")
     ttft_lines = _ttft_checks(results)
     ready_lines = _ready_checks(results)
     return "\n".join(lines + ttft_lines + ready_lines)
@@ -115,9 +121,31 @@ def _ready_checks(results: list[RunResult]) -> list[str]:
             ready.setdefault(r.workload.split()[0], {})[r.contender] = r.ready_s
     lines = []
     for model, by_contender in ready.items():
-        ours, raw = by_contender.get(OURS), by_contender.get("raw engine")
-        if ours is None or raw is None:
-            continue
-        verdict = "ok" if ours <= raw + 2.0 else "MISSED"
-        lines.append(f"  {model:<24} ready: ours {ours:.1f} s vs raw engine {raw:.1f} s + 2 s  {verdict}")
+        for our_name, raw_name in READY:
+            ours, raw = by_contender.get(our_name), by_contender.get(raw_name)
+            if ours is None or raw is None:
+                continue
+            verdict = "ok" if ours <= raw + 2.0 else "MISSED"
+            lines.append(f"  {model:<24} ready: {our_name} {ours:.1f} s vs {raw_name} {raw:.1f} s + 2 s  {verdict}")
     return lines
+
+
+def backend_ratios(results: list[RunResult]) -> str:
+    """The openvino backend against the vLLM CPU backend (both through our server) and against its raw pipeline."""
+    lines = ["", "Backends (output tok/s; TTFT and TPOT in ms):"]
+    by_key = {(r.contender, r.workload): r for r in results}
+    for workload in dict.fromkeys(r.workload for r in results):
+        ov = by_key.get((OURS_OPENVINO, workload))
+        if ov is None:
+            continue
+        for other in (OURS, "raw pipeline", "raw engine"):
+            r = by_key.get((other, workload))
+            if r is None:
+                continue
+            parts = [
+                f"{label} {ov.metrics[m] / r.metrics[m]:.2f}x"
+                for m, label in (("output_throughput", "tok/s"), ("mean_ttft_ms", "TTFT"), ("mean_tpot_ms", "TPOT"))
+                if r.metrics.get(m)
+            ]
+            lines.append(f"  {workload:<24} {OURS_OPENVINO} / {other:<14} " + ", ".join(parts))
+    return "\n".join(lines) if len(lines) > 2 else ""

@@ -13,17 +13,29 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from bench.client import run_client
-from bench.contenders import EngineSettings, Running, our_server, proxy, run_raw_engine, vllm_serve
-from bench.report import OURS, table, targets
+from bench.contenders import (
+    EngineSettings,
+    Running,
+    our_server,
+    proxy,
+    run_raw_engine,
+    run_raw_pipeline,
+    vllm_serve,
+)
+from bench.report import OURS, OURS_OPENVINO, backend_ratios, table, targets
 from bench.workloads import RunResult, Workload, combine, gemma_workloads, load_average, tiny_workload
 
-CONTENDERS = ("engine-server", "vllm-serve", "two-hop", "raw-engine", "engine-server-openvino")
+CONTENDERS = ("engine-server", "vllm-serve", "two-hop", "raw-engine", "engine-server-openvino", "raw-pipeline")
+# The openvino pair needs .venv-openvino (scripts/setup makes it); `--contenders all` adds it to the default four.
+DEFAULT_CONTENDERS = CONTENDERS[:4]
 GROUPS = ("tiny", "gemma")
+RawRunner = Callable[[str, list[tuple[Workload, int]], EngineSettings, Path], dict[str, Any]]
 
 
 class Bench:
@@ -53,22 +65,22 @@ class Bench:
                 _say(f"{contender} on {workload.name}: {metrics['output_throughput']:.1f} out tok/s ({took:.0f} s)")
             self.add(combine(runs))
 
-    def raw(self, model: str, workloads: list[Workload]) -> None:
+    def raw(self, contender: str, runner: RawRunner, model: str, workloads: list[Workload]) -> None:
         runs = [(w, next(self.seeds)) for w in workloads for _ in range(self.repeat)]
         before = load_average()
-        log = self.log_dir / f"raw-engine-{_slug(workloads[0].name.split()[0])}.log"
-        result = run_raw_engine(model, runs, self.settings, log)
+        log = self.log_dir / f"{_slug(contender)}-{_slug(workloads[0].name.split()[0])}.log"
+        result = runner(model, runs, self.settings, log)
         after = load_average()
         by_workload: dict[str, list[RunResult]] = {}
         for (workload, seed), run in zip(runs, result["runs"], strict=True):
             one = RunResult(
-                "raw engine", workload.name, result["ready_s"], run["metrics"], seed, (before, after), run["cpu"]
+                contender, workload.name, result["ready_s"], run["metrics"], seed, (before, after), run["cpu"]
             )
             by_workload.setdefault(workload.name, []).append(one)
-            _say(f"raw engine on {workload.name}: {run['metrics']['output_throughput']:.1f} out tok/s")
+            _say(f"{contender} on {workload.name}: {run['metrics']['output_throughput']:.1f} out tok/s")
         for repeated in by_workload.values():
             self.add(combine(repeated))
-        _say(f"raw engine ready in {result['ready_s']:.1f} s")
+        _say(f"{contender} ready in {result['ready_s']:.1f} s")
 
     def add(self, result: RunResult) -> None:
         self.results.append(result)
@@ -102,13 +114,16 @@ def run_group(
                     bench.http("two-hop", pair, workloads, served_name)
     if "raw-engine" in contenders:
         _say(f"starting the raw engine on {group}")
-        bench.raw(model, workloads)
+        bench.raw("raw engine", run_raw_engine, model, workloads)
     if "engine-server-openvino" in contenders:
-        # Our server on the openvino backend (exported from the same checkpoint, in the same dtype): not a default
-        # contender, as it needs .venv-openvino (scripts/setup openvino).
+        # Our server on the openvino backend, exported from the same checkpoint in the same dtype (the first start
+        # exports into the engine-server cache; the raw pipeline then finds the export there).
         _say(f"starting engine-server (openvino) on {group}")
         with our_server(model, served_name, settings, logs / f"ours-openvino-{group}.log", "openvino") as ov:
-            bench.http("engine-server openvino", ov, workloads, served_name)
+            bench.http(OURS_OPENVINO, ov, workloads, served_name)
+    if "raw-pipeline" in contenders:
+        _say(f"starting the raw OpenVINO pipeline on {group}")
+        bench.raw("raw pipeline", run_raw_pipeline, model, workloads)
     bench.print_table(f"{group}: all contenders so far")
 
 
@@ -136,7 +151,11 @@ def _gemma_model(cache_dir: Path | None) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.serve_compare", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny workload only, 64 prompts: under 5 minutes")
-    parser.add_argument("--contenders", default=",".join(CONTENDERS[:4]), help=f"comma list of {', '.join(CONTENDERS)}")
+    parser.add_argument(
+        "--contenders",
+        default=",".join(DEFAULT_CONTENDERS),
+        help=f"comma list of {', '.join(CONTENDERS)}, or all (default: the first four)",
+    )
     parser.add_argument("--workloads", default=None, help="comma list of tiny, gemma (default: both; --quick: tiny)")
     parser.add_argument("--model", default=None, help="model for the tiny workload (default: the tiny test model)")
     parser.add_argument("--gemma-model", default=None, help="gemma-3-270m checkpoint dir (default: prepare it)")
@@ -155,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    chosen = ",".join(CONTENDERS) if args.contenders == "all" else args.contenders
+    contenders = [c.strip() for c in chosen.split(",") if c.strip()]
     groups = [g.strip() for g in (args.workloads or ("tiny" if args.quick else ",".join(GROUPS))).split(",")]
     unknown = [c for c in contenders if c not in CONTENDERS] + [g for g in groups if g not in GROUPS]
     if unknown:
@@ -180,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         run_group(bench, model, "gemma-3-270m", sized(gemma_workloads(model, args.quick)), contenders, "gemma")
     bench.print_table(f"final ({time.monotonic() - started:.0f} s, load now {load_average():.1f})")
     print(targets(bench.results), flush=True)
+    print(backend_ratios(bench.results), flush=True)
     out = log_dir / "results.json"
     out.write_text(json.dumps([asdict(r) for r in bench.results], indent=2))
     _say(f"results in {out}")
