@@ -157,12 +157,12 @@ def create_app(config: Config, engine: Engine | None = None, on_fatal: Callable[
 
 
 class Service:
-    """The app behind its guard (request ids, API keys, body limit, request counts)."""
+    """The app behind its guard (request ids, API keys, head and body limits, request counts)."""
 
     def __init__(self, app: Starlette, metrics: Metrics, config: Config) -> None:
         self.app = app
         paths = {route.path for route in app.routes if isinstance(route, Route)}
-        self.guarded = Guard(app, metrics, paths, config.api_key, config.max_request_body_bytes)
+        self.guarded = Guard(app, metrics, paths, config.api_key, config.max_request_body_bytes, config.max_header_bytes)
 
     @property
     def state(self) -> Any:

@@ -41,15 +41,30 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-class Guard:
-    """Request id, API key check, body size limit, request count and access log, in that order."""
+def _head_bytes(scope: Scope) -> int:
+    """The request head's size as sent: request line and header lines, with their separators."""
+    line = len(scope["method"]) + len(scope.get("raw_path") or scope["path"].encode()) + len(scope["query_string"]) + 12
+    return line + sum(len(key) + len(value) + 4 for key, value in scope["headers"]) + 2
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, routes: set[str], api_key: Secret | None, max_body: int) -> None:
+
+class Guard:
+    """Request id, API key check, head and body size limits, request count and access log, in that order."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        routes: set[str],
+        api_key: Secret | None,
+        max_body: int,
+        max_head: int | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.routes = routes
         self.keys = [k.strip().encode() for k in api_key.reveal().split(",")] if api_key else []
         self.max_body = max_body
+        self.max_head = max_head
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -70,6 +85,11 @@ class Guard:
             await send(message)
 
         try:
+            # uvicorn's httptools parser, unlike h11, has no limit of its own on the request head.
+            if self.max_head is not None and _head_bytes(scope) > self.max_head:
+                message = f"The request line and headers exceed the limit of {self.max_head} bytes."
+                await send_error(tracked_send, 431, message, "invalid_request_error", "headers_too_large", {})
+                return
             if self.keys and scope["path"] not in OPEN_PATHS and not self._authorized(scope):
                 await send_error(
                     tracked_send, 401, "Missing or invalid API key.", "authentication_error", "invalid_api_key", {}

@@ -79,6 +79,15 @@ def test_body_size_limit_gives_413() -> None:
         assert c.post(CHAT, json={"messages": "ok", "max_tokens": 1}).status_code == 200
 
 
+def test_request_head_limit_gives_431() -> None:
+    with make_client(max_header_bytes=2048) as c:
+        wait_ready(c)
+        r = c.get("/v1/models", headers={"X-Padding": "p" * 2100})
+        assert r.status_code == 431 and r.json()["error"]["code"] == "headers_too_large"
+        assert "2048 bytes" in r.json()["error"]["message"]
+        assert c.get("/v1/models", headers={"X-Padding": "p" * 1500}).status_code == 200
+
+
 def test_n_and_max_tokens_limits() -> None:
     with make_client(max_n=2, max_tokens_limit=5) as c:
         wait_ready(c)
