@@ -162,7 +162,9 @@ class Service:
     def __init__(self, app: Starlette, metrics: Metrics, config: Config) -> None:
         self.app = app
         paths = {route.path for route in app.routes if isinstance(route, Route)}
-        self.guarded = Guard(app, metrics, paths, config.api_key, config.max_request_body_bytes, config.max_header_bytes)
+        self.guarded = Guard(
+            app, metrics, paths, config.api_key, config.max_request_body_bytes, config.max_header_bytes
+        )
 
     @property
     def state(self) -> Any:

@@ -145,7 +145,9 @@ def _run_optimum(source: Path, out: Path, settings: ExportSettings, report: Prog
         cmd.append("--trust-remote-code")
     cmd.append(str(out))
     tail: deque[str] = deque(maxlen=30)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # the source is a local directory: nothing to download
+    # The source is a local directory: nothing to download. The export runs on torch, which a serving process may
+    # have switched off for itself (backends/openvino.py: load_tokenizer).
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "USE_TORCH": "1"}
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as process:
         assert process.stdout is not None
         for raw in process.stdout:
