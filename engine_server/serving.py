@@ -240,7 +240,9 @@ class Serving:
         }
 
     async def chunks(self, prepared: Prepared) -> AsyncGenerator[dict[str, Any], None]:
-        """Streaming chunks. The first chunk of each choice carries its first text: no empty role-only chunk."""
+        """Streaming chunks. A chat choice's first chunk comes with its first token and carries the role, and the
+        token's text if it has any (a token can end inside a character, or be a skipped special token): the client
+        sees the first token when it is made, as from OpenAI and vLLM."""
         chat = prepared.kind == "chat"
         head = {
             "id": prepared.id,
@@ -257,7 +259,8 @@ class Serving:
             for d in step.deltas:
                 index = i * prepared.n + d.index
                 num_output += d.num_tokens
-                if not d.text and d.finish_reason is None and not d.logprobs:
+                first = chat and index not in started and d.num_tokens > 0
+                if not d.text and d.finish_reason is None and not d.logprobs and not first:
                     continue
                 if chat:
                     delta: dict[str, Any] = {"content": d.text}

@@ -21,8 +21,16 @@ REPLY = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog"]
 
 
 class FakeEngine:
-    def __init__(self, max_model_len: int = 64, step_delay: float = 0.0, fail_after: int | None = None) -> None:
+    def __init__(
+        self,
+        max_model_len: int = 64,
+        step_delay: float = 0.0,
+        fail_after: int | None = None,
+        textless_first_token: bool = False,
+    ) -> None:
         self.max_model_len = max_model_len
+        # The first token makes no text yet (it ends inside a character); its word comes with the second token.
+        self.textless_first_token = textless_first_token
         self.step_delay = step_delay
         self.fail_after = fail_after  # raise mid-stream after this many steps
         self.started = asyncio.Event()
@@ -52,10 +60,13 @@ class FakeEngine:
                 await asyncio.sleep(self.step_delay)
                 last = step == s.max_tokens - 1 or step == len(REPLY) - 1
                 word = REPLY[step % len(REPLY)]
+                text = (" " if step else "") + word
+                if self.textless_first_token and step < 2:
+                    text = "" if step == 0 else REPLY[0] + text
                 deltas = [
                     CompletionDelta(
                         index=i,
-                        text=(" " if step else "") + word,
+                        text=text,
                         num_tokens=1,
                         logprobs=None
                         if s.logprobs is None

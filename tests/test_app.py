@@ -93,6 +93,23 @@ def test_stream_first_chunk_carries_content_and_usage_comes_last(client: TestCli
     assert streamed == plain == "the quick brown fox"
 
 
+def test_first_chunk_comes_with_the_first_token_even_without_text() -> None:
+    # As OpenAI and vLLM do: the role arrives when the first token is made, so a client's time to first token is the
+    # engine's, even when that token's text (a partial character) only comes with the next one.
+    engine = FakeEngine(textless_first_token=True)
+    with TestClient(create_app(Config(model="m"), engine=engine)) as c:  # type: ignore[arg-type]
+        wait_ready(c)
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True}
+        chunks = sse_events(c.post(CHAT, json=body).text)
+        assert [ch["choices"][0]["delta"] for ch in chunks] == [
+            {"role": "assistant", "content": ""},
+            {"content": "the quick"},
+            {"content": " brown"},
+        ]
+        plain = c.post(CHAT, json={**body, "stream": False}).json()["choices"][0]["message"]["content"]
+        assert plain == "the quick brown"
+
+
 def test_streaming_alias_and_text_chunks(client: TestClient) -> None:
     r = client.post(CHAT, json={"messages": "hi", "max_tokens": 2, "streaming": True})
     chunks = sse_events(r.text)
