@@ -194,7 +194,11 @@ class Config:
         None, "Seconds a generation request may run before it is aborted (default: no limit).", env=("REQUEST_TIMEOUT",)
     )
     keep_alive_timeout: float = option(
-        5.0, "Seconds an idle keep-alive connection stays open.", env=("KEEP_ALIVE_TIMEOUT",)
+        75.0,
+        "Seconds an idle keep-alive connection stays open: longer than clients' and load balancers' own idle "
+        "timeouts (httpx 5, aiohttp 15, vLLM's benchmark client and AWS ALB 60), so that the client closes first. A "
+        "server that closes first races the client's next request on that connection, which then fails.",
+        env=("KEEP_ALIVE_TIMEOUT",),
     )
     max_header_bytes: int = option(
         16 * 1024, "Largest request head (request line and headers) accepted.", env=("MAX_HEADER_BYTES",)
