@@ -50,7 +50,7 @@ logger = logging.getLogger("engine_server.openvino")
 SWITCH_INTERVAL_S = 0.0005
 # From this many outputs in one step on, the next step waits (50 ms at most) until the event loop has sent them.
 # Sent while the pipeline computes, the chunks take CPU from its inference threads, which then wait for each
-# other. Measured on 2 cores (docs/openvino.md): at 32 streams the mean TTFT fell 3x and the TPOT rose by a quarter;
+# other. Measured on 2 cores (docs/openvino.md): at 32 streams the mean TTFT fell 3x and the TPOT rose by a third;
 # at 8 gemma-3 streams TTFT fell by 40% and throughput rose 5-10%. A step with few outputs leaves the loop little
 # to do, and does not wait: at one stream, runs with and without waiting differed by less than their noise.
 WAIT_FOR_LOOP_FROM = 4
