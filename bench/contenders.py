@@ -46,6 +46,11 @@ ROOT = Path(__file__).resolve().parent.parent
 OPENVINO_PYTHON = ROOT / ".venv-openvino" / "bin" / "python"
 
 
+def _served_flags(model: str, port: int, served_name: str) -> list[str]:
+    """The flags both servers spell the same way: what to serve, under which name, where."""
+    return ["--model", model, "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port)]
+
+
 def our_server_cmd(
     model: str, port: int, served_name: str, settings: EngineSettings, hw_mode: str = "cpu"
 ) -> list[str]:
@@ -55,14 +60,7 @@ def our_server_cmd(
         python,
         "-m",
         "engine_server.cli",
-        "--model",
-        model,
-        "--served-model-name",
-        served_name,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
+        *_served_flags(model, port, served_name),
         "--hw-mode",
         hw_mode,
         "--dtype",
@@ -82,14 +80,7 @@ def vllm_serve_cmd(model: str, port: int, served_name: str, settings: EngineSett
         sys.executable,
         "-m",
         "vllm.entrypoints.openai.api_server",
-        "--model",
-        model,
-        "--served-model-name",
-        served_name,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
+        *_served_flags(model, port, served_name),
         "--dtype",
         settings.dtype,
         "--max-model-len",
