@@ -108,7 +108,8 @@ def _meter_benchmark(serve: Any, pgids: tuple[int, ...]) -> None:
     async def benchmark(*args: Any, **kwargs: Any) -> dict[str, Any]:
         with CpuMeter(pgids) as cpu:
             result: dict[str, Any] = await measured(*args, **kwargs)
-        return {**result, **{f"cpu_{part}_s": seconds for part, seconds in cpu.seconds.items()}}
+        seconds = {f"cpu_{part}_s": value for part, value in cpu.seconds.items()}
+        return {**result, **seconds, "cpu_busy": cpu.busy}
 
     serve.benchmark = benchmark
 

@@ -29,6 +29,14 @@ def group_cpu_s(pgid: int) -> dict[int, float]:
     return usage
 
 
+def machine_cpu_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, summed over its cores (/proc/stat)."""
+    with open("/proc/stat") as stat:
+        ticks = [int(v) for v in stat.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    total = sum(ticks) / os.sysconf("SC_CLK_TCK")
+    return total - (ticks[3] + ticks[4]) / os.sysconf("SC_CLK_TCK"), total
+
+
 def _own_cpu_s() -> float:
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
@@ -37,15 +45,19 @@ def _own_cpu_s() -> float:
 class CpuMeter:
     """Context manager: .seconds = {"front": the groups' leaders, "engine": the rest of the groups, "client": this
     process and the children it reaped meanwhile}. Leaders are HTTP servers (or the raw-engine driver); the
-    other members are the engine-core processes they spawned."""
+    other members are the engine-core processes they spawned. .busy: the share of the whole machine's CPU (all
+    cores, every process) in use meanwhile; near 1, the contender and its client compete for the cores, and any
+    CPU one of them saves goes to the other."""
 
     def __init__(self, pgids: tuple[int, ...]) -> None:
         self.pgids = pgids
         self.seconds: dict[str, float] = {}
+        self.busy = 0.0
 
     def __enter__(self) -> CpuMeter:
         self._before = {g: group_cpu_s(g) for g in self.pgids}
         self._own = _own_cpu_s()
+        self._machine = machine_cpu_s()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -58,3 +70,5 @@ class CpuMeter:
                 else:
                     engine += used - before.get(pid, 0.0)
         self.seconds = {"front": front, "engine": engine, "client": _own_cpu_s() - self._own}
+        busy, total = machine_cpu_s()
+        self.busy = (busy - self._machine[0]) / max(total - self._machine[1], 1e-9)

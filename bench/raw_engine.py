@@ -117,7 +117,7 @@ async def run_workload(llm: Any, tokenizer: Any, workload: Workload, seed: int) 
         timings = await asyncio.gather(*(limited(p) for p in prompts))
         duration = time.perf_counter() - start
     # The driver runs inside the front process, so its CPU is already counted there; there is no separate client.
-    return {"metrics": summarize(list(timings), duration), "cpu": {**cpu.seconds, "client": 0.0}}
+    return {"metrics": summarize(list(timings), duration), "cpu": {**cpu.seconds, "client": 0.0, "busy": cpu.busy}}
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         with CpuMeter((os.getpgid(0),)) as cpu:  # the caller starts this process as its own group's leader
             timings, duration = driver.run(prompts, workload["concurrency"])
         # The driver is this process, already counted as "front"; there is no separate client.
-        result = {"metrics": summarize(timings, duration), "cpu": {**cpu.seconds, "client": 0.0}}
+        result = {"metrics": summarize(timings, duration), "cpu": {**cpu.seconds, "client": 0.0, "busy": cpu.busy}}
         runs.append({"workload": workload, "seed": spec["seed"], **result})
     args.out.write_text(json.dumps({"ready_s": ready_s, "runs": runs}, indent=2))
     return 0

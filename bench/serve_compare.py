@@ -61,6 +61,7 @@ class Bench:
                 took = time.monotonic() - started
                 load = (before, load_average())
                 cpu = {part: metrics[f"cpu_{part}_s"] for part in ("front", "engine", "client")}
+                cpu["busy"] = metrics["cpu_busy"]
                 runs.append(RunResult(contender, workload.name, running.ready_s, metrics, seed, load, cpu))
                 _say(f"{contender} on {workload.name}: {metrics['output_throughput']:.1f} out tok/s ({took:.0f} s)")
             self.add(combine(runs))
