@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -49,6 +49,8 @@ DONE = b"data: [DONE]\n\n"
 
 # One encoder for every chunk: json.dumps with non-default arguments builds a new one per call.
 encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# How that encoder writes a string (the C function where there is one).
+encode_string = json.encoder.encode_basestring
 
 
 def frame(data: str) -> bytes:
@@ -57,12 +59,12 @@ def frame(data: str) -> bytes:
 
 async def event_stream(
     request: Request,
-    chunks: AsyncGenerator[dict[str, Any], None],
+    chunks: AsyncGenerator[str, None],
     on_close: Callable[[], None],
     timeout: float | None,
 ) -> Response:
-    """SSE of the chunks, then [DONE]. The first chunk is awaited before the status line, so that a request the
-    engine refuses still gets its 4xx; after that, errors travel as an error event."""
+    """SSE of the chunks (JSON text), then [DONE]. The first chunk is awaited before the status line, so that a
+    request the engine refuses still gets its 4xx; after that, errors travel as an error event."""
     try:
         first = await until_disconnect(request, asyncio.wait_for(anext(chunks, None), timeout))
     except ClientDisconnected:
@@ -78,10 +80,10 @@ async def event_stream(
     async def events() -> AsyncIterator[bytes]:
         try:
             if first is not None:
-                yield frame(encode(first))
+                yield frame(first)
             async with asyncio.timeout_at(deadline):
                 async for chunk in chunks:
-                    yield frame(encode(chunk))
+                    yield frame(chunk)
         except Exception as exc:
             logger.warning("stream ended by an error: %s", exc)
             yield frame(encode(from_engine_error(exc).body()))

@@ -261,3 +261,25 @@ async def test_client_disconnect_cancels_the_engine_request(stream: bool) -> Non
         body = {"messages": "x", "max_tokens": 9, "stream": stream}
         await _call_then_disconnect(app, body, disconnect_after=0.12)
         assert engine.aborted and not engine.running
+
+
+@pytest.mark.parametrize("chat", [True, False])
+@pytest.mark.parametrize("model", ["m", 'odd "name"\\ \x01text\x01 é', "\x01text\x01"])
+def test_plain_chunks_are_the_json_of_the_whole_chunk(chat: bool, model: str) -> None:
+    # Most chunks splice their text into JSON rendered once per choice; it must be what encoding the whole chunk gives.
+    from engine_server.serving import _plain_chunk
+    from engine_server.streaming import encode
+
+    head = {"id": "chatcmpl-1", "object": "chat.completion.chunk" if chat else "text_completion", "created": 1}
+    head["model"] = model
+    template = _plain_chunk(head, 3, chat)
+    if model == "\x01text\x01":  # a model named as the split mark: no template, every chunk is encoded whole
+        assert template is None
+        return
+    assert template is not None
+    for text in ["", "plain", ' "quoted" \\ back', "line\nbreak\ttab\x00\x1f", "é 中文 🦙", "\ud800"]:
+        choice = {"index": 3, "delta": {"content": text}} if chat else {"index": 3, "text": text}
+        whole = encode({**head, "choices": [{**choice, "logprobs": None, "finish_reason": None}]})
+        spliced = template[0] + json.encoder.encode_basestring(text) + template[1]
+        assert spliced == whole
+        assert json.loads(spliced)["choices"][0] == json.loads(whole)["choices"][0]
