@@ -67,9 +67,10 @@ def cpu_table(rows: list[RunResult]) -> list[str]:
     """CPU seconds spent during the measured run: less sensitive to other jobs than the wall-clock figures; and how
     busy the whole machine was (near 100%, a contender's CPU use comes out of its engine's share)."""
     lines = [
-        f"  CPU s during the run{'':>9}{'front':>8}{'engine':>8}{'client':>8}{'busy %':>8}   ms/out tok: front  all  "
-        "(front: HTTP server process(es) incl. AsyncLLM output processing; raw engine/pipeline: the driver process; "
-        "all: front + engine + client; busy: the machine's cores in use by anything)"
+        f"  CPU s during the run{'':>9}{'front':>8}{'engine':>8}{'client':>8}{'busy %':>8}"
+        "   ms/out tok: front      all  (front: HTTP server process(es) incl. AsyncLLM output processing; "
+        "raw engine/pipeline: the driver process; all: front + engine + client; "
+        "busy: the machine's cores in use by anything)"
     ]
     for r in rows:
         if not r.extra:
@@ -81,7 +82,7 @@ def cpu_table(rows: list[RunResult]) -> list[str]:
         busy = 100 * cpu["busy"] if "busy" in cpu else None
         lines.append(
             f"  {r.contender:<27}{cpu['front']:>8.1f}{cpu['engine']:>8.1f}{cpu['client']:>8.1f}{_num(busy, 8, 0)}"
-            f"{_num(front, 19, 3)}{_num(total, 6, 3)}"
+            f"{_num(front, 19, 3)}{_num(total, 9, 3)}"
         )
     return lines
 

@@ -27,6 +27,7 @@ from bench.contenders import (
     run_raw_engine,
     run_raw_pipeline,
     vllm_serve,
+    warm_caches,
 )
 from bench.report import OURS, OURS_OPENVINO, backend_ratios, table, targets
 from bench.workloads import RunResult, Workload, combine, gemma_workloads, load_average, tiny_workload
@@ -95,6 +96,7 @@ def run_group(
 ) -> None:
     bench.workloads += workloads
     settings, logs = bench.settings, bench.log_dir
+    warm_caches(model, openvino=any("openvino" in c or "pipeline" in c for c in contenders))
     if "engine-server" in contenders:
         _say(f"starting engine-server on {group}")
         with our_server(model, served_name, settings, logs / f"ours-{group}.log") as ours:
