@@ -33,8 +33,9 @@ def machine_cpu_s() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine since boot, summed over its cores (/proc/stat)."""
     with open("/proc/stat") as stat:
         ticks = [int(v) for v in stat.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
-    total = sum(ticks) / os.sysconf("SC_CLK_TCK")
-    return total - (ticks[3] + ticks[4]) / os.sysconf("SC_CLK_TCK"), total
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = ticks[3] + ticks[4]
+    return (sum(ticks) - idle) / tick, sum(ticks) / tick
 
 
 def _own_cpu_s() -> float:

@@ -7,8 +7,7 @@ each line of the output prices one cause:
     python -m bench.http_overhead                      # all variants, tiny model's tokenizer, 200 x 64 tokens
     python -m bench.http_overhead --variants as-is,no-access-log --num-requests 400
 
-Variants: as-is; no-access-log (the guard's per-request JSON log line off); cached-encoder (one module-level
-JSONEncoder; the server now uses one, so this variant should save nothing); no-tokenizer (prompt rendering and
+Variants: as-is; no-access-log (the guard's per-request JSON log line off); no-tokenizer (prompt rendering and
 tokenizing replaced by a constant); floor (a bare ASGI app doing only the engine loop, json.dumps and send: what any
 Python server pays). The figures exclude uvicorn's socket writes and vLLM's output processing, which every
 contender pays alike.
@@ -31,7 +30,7 @@ from typing import Any
 from backends.base import CompletionDelta, EngineStats, GenerateRequest, ModelInfo, StepOutput
 from backends.vllm_engine import render_chat
 
-VARIANTS = ("as-is", "no-access-log", "cached-encoder", "no-tokenizer", "floor")
+VARIANTS = ("as-is", "no-access-log", "no-tokenizer", "floor")
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu", "nu"]
 
 
@@ -139,21 +138,14 @@ def _sampling(max_tokens: int) -> Any:
 
 @contextlib.contextmanager
 def patched(variant: str) -> Iterator[None]:
-
-    import engine_server.streaming as streaming
-
     access = logging.getLogger("engine_server.access")
-    original_disabled, original_encode = access.disabled, streaming.encode
+    original_disabled = access.disabled
     if variant == "no-access-log":
         access.disabled = True
-    if variant == "cached-encoder":
-        encoder: Any = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-        streaming.encode = encoder.encode
     try:
         yield
     finally:
         access.disabled = original_disabled
-        streaming.encode = original_encode
 
 
 async def measure(variant: str, tokenizer_dir: str, num_requests: int, concurrency: int, output_len: int) -> float:

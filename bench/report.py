@@ -79,10 +79,9 @@ def cpu_table(rows: list[RunResult]) -> list[str]:
         cpu = r.extra
         front = 1000 * cpu["front"] / tokens if tokens else None
         total = 1000 * (cpu["front"] + cpu["engine"] + cpu["client"]) / tokens if tokens else None
-        busy = 100 * cpu["busy"] if "busy" in cpu else None
         lines.append(
-            f"  {r.contender:<27}{cpu['front']:>8.1f}{cpu['engine']:>8.1f}{cpu['client']:>8.1f}{_num(busy, 8, 0)}"
-            f"{_num(front, 19, 3)}{_num(total, 9, 3)}"
+            f"  {r.contender:<27}{cpu['front']:>8.1f}{cpu['engine']:>8.1f}{cpu['client']:>8.1f}"
+            f"{100 * cpu['busy']:>8.0f}{_num(front, 19, 3)}{_num(total, 9, 3)}"
         )
     return lines
 
