@@ -5,15 +5,14 @@ check_supported() imports nothing from OpenVINO, so the refusals are testable an
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Set
 from typing import Any
 
 from backends.base import InvalidRequestError, SamplingOptions
+from backends.json_grammar import SchemaError, compact_json_grammar
 
 GREEDY_BELOW = 1e-5  # vLLM's threshold: a lower temperature means greedy decoding
-JSON_OBJECT_SCHEMA = {"type": "object"}
 
 
 def is_greedy(s: SamplingOptions) -> bool:
@@ -99,13 +98,21 @@ def generation_config(s: SamplingOptions, eos_token_id: int, stop_token_ids: Set
         elif s.min_p > 0:
             c.min_p = s.min_p
     if s.json_schema is not None or s.json_object:
-        schema = s.json_schema if s.json_schema is not None else JSON_OBJECT_SCHEMA
-        c.structured_output_config = openvino_genai.StructuredOutputConfig(json_schema=json.dumps(schema))
+        c.structured_output_config = openvino_genai.StructuredOutputConfig(grammar=json_grammar(s.json_schema))
     try:
         c.validate()
     except RuntimeError as exc:
         raise InvalidRequestError(f"OpenVINO refused these sampling parameters: {openvino_message(exc)}") from None
     return c
+
+
+def json_grammar(schema: dict[str, Any] | None) -> str:
+    """Compact JSON for the schema (None: any object). OpenVINO's own json_schema mode lets whitespace run between
+    tokens, which a small model fills until max_tokens."""
+    try:
+        return compact_json_grammar(schema)
+    except SchemaError as exc:
+        raise InvalidRequestError(f"response_format: {exc}", param="response_format") from None
 
 
 def openvino_message(exc: BaseException) -> str:
