@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from backends.base import Engine, ModelResolver
@@ -14,20 +17,50 @@ class BackendUnavailableError(RuntimeError):
     """The backend hw_mode names cannot run on this machine; the message says why and what to do."""
 
 
-def create_engine(config: Config, resolve_model: ModelResolver) -> Engine:
-    """The engine for config.hw_mode. Checks that it can run here before anything heavy is loaded."""
-    if config.hw_mode == "cpu":
+@dataclass(frozen=True)
+class Selection:
+    hw_mode: str  # the backend that runs: cpu, hpu or openvino
+    reason: str  # why, in a sentence for the startup log, /version and /v1/health_check
+
+
+def _has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def select_backend(config: Config, has_module: Callable[[str], bool] = _has_module) -> Selection:
+    """The backend config.hw_mode names; for auto, the fastest one this machine and environment can run."""
+    if config.hw_mode != "auto":
+        return Selection(config.hw_mode, f"hw_mode {config.hw_mode} was asked for")
+    from backends import hpu
+
+    cards = hpu.find_devices()
+    if cards and has_module("vllm_gaudi"):
+        return Selection("hpu", f"hw_mode auto: {len(cards)} Gaudi card(s) and the vLLM Gaudi plugin are present")
+    if has_module("openvino_genai"):
+        return Selection(
+            "openvino",
+            "hw_mode auto: no Gaudi card; OpenVINO GenAI is installed, the fastest engine on CPUs here "
+            "(cpu, vLLM, is the other)",
+        )
+    return Selection("cpu", "hw_mode auto: no Gaudi card and no OpenVINO GenAI in this environment: vLLM CPU")
+
+
+def create_engine(config: Config, resolve_model: ModelResolver, hw_mode: str | None = None) -> Engine:
+    """The engine for hw_mode (default: select_backend's choice). Checks that it can run here before anything heavy
+    is loaded."""
+    hw_mode = hw_mode or select_backend(config).hw_mode
+    if hw_mode == "cpu":
         from backends import vllm_cpu
 
         return vllm_cpu.create_engine(config, resolve_model)
-    if config.hw_mode == "hpu":
+    if hw_mode == "hpu":
         from backends import hpu
 
         hpu.check_available(config)
         return hpu.create_engine(config, resolve_model)
-    if config.hw_mode == "openvino":
+    if hw_mode == "openvino":
         from backends import openvino, openvino_settings
 
         openvino_settings.check_available(config)
         return openvino.create_engine(config, resolve_model)
-    raise BackendUnavailableError(f"hw_mode {config.hw_mode!r} is not available in this build")
+    raise BackendUnavailableError(f"hw_mode {hw_mode!r} is not available in this build")

@@ -54,6 +54,11 @@ def check_available(config: Config, dri: Path = Path("/dev/dri")) -> None:
             f"hw_mode openvino needs OpenVINO GenAI, which this Python ({sys.executable}) does not have. "
             "Fix: run scripts/setup and start .venv-openvino/bin/engine-server, or use the openvino image."
         )
+    if config.kv_cache_space is not None and not float(config.kv_cache_space).is_integer():
+        # OpenVINO's scheduler takes the KV-cache size in whole GiB.
+        raise BackendUnavailableError(
+            f"kv_cache_space must be a whole number of GiB on openvino, got {config.kv_cache_space}"
+        )
     if config.device.startswith("GPU") and not any(dri.glob("renderD*")):
         raise BackendUnavailableError(
             f"device {config.device} needs an Intel GPU, and {dri} has no render node. Fix: install the GPU driver; "

@@ -30,12 +30,13 @@ from bench.contenders import (
     warm_caches,
 )
 from bench.report import OURS, OURS_OPENVINO, backend_ratios, table, targets
-from bench.workloads import RunResult, Workload, combine, gemma_workloads, load_average, tiny_workload
+from bench.workloads import RunResult, Workload, combine, load_average, model_workloads, tiny_workload
 
 CONTENDERS = ("engine-server", "vllm-serve", "two-hop", "raw-engine", "engine-server-openvino", "raw-pipeline")
 # The openvino pair needs .venv-openvino (scripts/setup makes it); `--contenders all` adds it to the default four.
 DEFAULT_CONTENDERS = CONTENDERS[:4]
-GROUPS = ("tiny", "gemma")
+GROUPS = ("tiny", "gemma", "smollm2")
+BUILTIN = {"gemma": "gemma-3-270m", "smollm2": "smollm2-135m-instruct"}  # groups on a built-in model
 RawRunner = Callable[[str, list[tuple[Workload, int]], EngineSettings, Path], dict[str, Any]]
 
 
@@ -144,11 +145,11 @@ def _tiny_model() -> str:
     return str(build())
 
 
-def _gemma_model(cache_dir: Path | None) -> str:
+def _builtin_model(name: str, cache_dir: Path | None) -> str:
+    from engine_server.builtin_models import prepare
     from engine_server.config import Config
-    from engine_server.default_model import prepare
 
-    return str(prepare(cache_dir or Config().cache_dir, progress=_say))
+    return str(prepare(cache_dir or Config().cache_dir, name, progress=_say))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,16 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(DEFAULT_CONTENDERS),
         help=f"comma list of {', '.join(CONTENDERS)}, or all (default: the first four)",
     )
-    parser.add_argument("--workloads", default=None, help="comma list of tiny, gemma (default: both; --quick: tiny)")
+    parser.add_argument(
+        "--workloads", default=None, help="comma list of tiny, gemma, smollm2 (default: tiny, gemma; --quick: tiny)"
+    )
     parser.add_argument("--model", default=None, help="model for the tiny workload (default: the tiny test model)")
     parser.add_argument("--gemma-model", default=None, help="gemma-3-270m checkpoint dir (default: prepare it)")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="engine-server cache for the default model")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="engine-server cache for the built-in models")
     parser.add_argument("--num-prompts", type=int, default=None, help="override every workload's prompt count")
     parser.add_argument(
         "--repeat", type=int, default=1, help="measured runs per contender and workload; the table shows medians"
     )
     parser.add_argument("--seed", type=int, default=int(time.time()) % 100_000, help="first seed; +1 per run")
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtype", default="float32", help="float32, bfloat16, ... or auto: each server's own default")
     parser.add_argument("--kv-cache-space", type=float, default=2.0, help="GiB (VLLM_CPU_KVCACHE_SPACE)")
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--log-dir", type=Path, default=None, help="server and client logs (default: a temp dir)")
@@ -179,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     chosen = ",".join(CONTENDERS) if args.contenders == "all" else args.contenders
     contenders = [c.strip() for c in chosen.split(",") if c.strip()]
-    groups = [g.strip() for g in (args.workloads or ("tiny" if args.quick else ",".join(GROUPS))).split(",")]
+    groups = [g.strip() for g in (args.workloads or ("tiny" if args.quick else "tiny,gemma")).split(",")]
     unknown = [c for c in contenders if c not in CONTENDERS] + [g for g in groups if g not in GROUPS]
     if unknown:
         build_parser().error(f"unknown contender or workload: {', '.join(unknown)}")
@@ -198,9 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     if "tiny" in groups:
         model = args.model or _tiny_model()
         run_group(bench, model, "tiny", sized([tiny_workload(model, args.quick)]), contenders, "tiny")
-    if "gemma" in groups:
-        model = args.gemma_model or _gemma_model(args.cache_dir)
-        run_group(bench, model, "gemma-3-270m", sized(gemma_workloads(model, args.quick)), contenders, "gemma")
+    for group in (g for g in groups if g in BUILTIN):
+        model = (args.gemma_model if group == "gemma" else None) or _builtin_model(BUILTIN[group], args.cache_dir)
+        run_group(bench, model, BUILTIN[group], sized(model_workloads(group, model, args.quick)), contenders, group)
     bench.print_table(f"final ({time.monotonic() - started:.0f} s, load now {load_average():.1f})")
     print(targets(bench.results), flush=True)
     print(backend_ratios(bench.results), flush=True)

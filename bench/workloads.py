@@ -58,9 +58,9 @@ def tiny_workload(model: str, quick: bool) -> Workload:
     return Workload("tiny in128/out64 c32", model, 128, 64, 32, 64 if quick else 200)
 
 
-def gemma_workloads(model: str, quick: bool) -> list[Workload]:
-    # Bound by compute: ~10 tok/s at one stream here, so prompt counts are kept small to finish in minutes.
+def model_workloads(group: str, model: str, quick: bool) -> list[Workload]:
+    # Bound by compute: 10-40 tok/s at one stream here, so prompt counts are kept small to finish in minutes.
     return [
-        Workload("gemma in128/out128 c1", model, 128, 128, 1, 2 if quick else 6),
-        Workload("gemma in128/out128 c8", model, 128, 128, 8, 8 if quick else 32),
+        Workload(f"{group} in128/out128 c1", model, 128, 128, 1, 2 if quick else 6),
+        Workload(f"{group} in128/out128 c8", model, 128, 128, 8, 8 if quick else 32),
     ]

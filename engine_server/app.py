@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -37,6 +38,7 @@ from engine_server.state import State, TooManyRequests
 from engine_server.streaming import ClientDisconnected, event_stream, until_disconnect
 
 M = TypeVar("M", bound=BaseModel)
+logger = logging.getLogger("engine_server")
 OPEA_SERVICE = {
     "Service Title": "opea_service@llm_vllm",
     "Service Description": "OPEA Microservice Infrastructure",
@@ -45,12 +47,16 @@ RETRY_AFTER_S = "1"
 
 
 def create_app(config: Config, engine: Engine | None = None, on_fatal: Callable[[str], None] | None = None) -> Service:
-    """The service as an ASGI app. Without an engine, the one config.hw_mode names is created."""
+    """The service as an ASGI app. Without an engine, the one config.hw_mode selects is created."""
+    from backends import Selection, select_backend
+
+    selection = select_backend(config) if engine is None else Selection(config.hw_mode, "an engine was given")
     if engine is None:
         from backends import create_engine
         from engine_server import models
 
-        engine = create_engine(config, partial(models.resolve, config))
+        engine = create_engine(config, partial(models.resolve, config), selection.hw_mode)
+        logger.info("engine: %s (%s)", selection.hw_mode, selection.reason)
     metrics = Metrics(engine.stats)
     state = State(config, engine, metrics, on_fatal)
 
@@ -75,7 +81,13 @@ def create_app(config: Config, engine: Engine | None = None, on_fatal: Callable[
         return JSONResponse({"status": "ok"})
 
     async def health_check(request: Request) -> Response:
-        body = {**OPEA_SERVICE, "Version": __version__, "Status": state.status}
+        body = {
+            **OPEA_SERVICE,
+            "Version": __version__,
+            "Status": state.status,
+            "Engine": selection.hw_mode,
+            "Engine Selection": selection.reason,
+        }
         return JSONResponse(body, status_code=200 if state.status == "ready" else 503)
 
     async def list_models(request: Request) -> Response:
@@ -86,7 +98,8 @@ def create_app(config: Config, engine: Engine | None = None, on_fatal: Callable[
 
     async def version(request: Request) -> Response:
         engine_version = state.info.engine_version if state.info else None
-        return JSONResponse({"version": __version__, "backend": config.hw_mode, "engine_version": engine_version})
+        body = {"version": __version__, "backend": selection.hw_mode, "backend_reason": selection.reason}
+        return JSONResponse({**body, "engine_version": engine_version})
 
     async def metrics_route(request: Request) -> Response:
         metrics.ready.set(1 if state.status == "ready" else 0)

@@ -8,7 +8,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from backends import BackendUnavailableError
+from backends import BackendUnavailableError, select_backend
+from engine_server.builtin_models import models_table
 from engine_server.config import (
     Config,
     ConfigError,
@@ -26,13 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="OpenAI-compatible LLM server with the inference engine in the same process. "
         "Every option can also be set by the environment variables shown; a flag wins over the environment.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=models_table(),
     )
     parser.add_argument(
         "command",
         nargs="?",
-        choices=("serve", "prepare", "healthcheck"),
+        choices=("serve", "prepare", "models", "healthcheck"),
         default="serve",
         help="serve (default): start the server. prepare: download or convert the model into the cache and exit. "
+        "models: list the built-in models. "
         "healthcheck: exit 0 if the server on this host's configured port is ready (for container health checks).",
     )
     for f in option_fields():
@@ -78,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         command, config = load_config(argv)
         if command == "prepare":
             return _prepare(config)
+        if command == "models":
+            print(models_table())
+            return 0
         if command == "healthcheck":
             return _healthcheck(config)
         from engine_server.server import serve
@@ -107,7 +113,7 @@ def _prepare(config: Config) -> int:
     from engine_server.server import configure_logging
 
     configure_logging(config.log_level, config.log_format)
-    fmt = "openvino" if config.hw_mode == "openvino" else "hf"
+    fmt = "openvino" if select_backend(config).hw_mode == "openvino" else "hf"
     try:
         path = models.resolve(config, fmt)
     except models.ModelUnavailableError as exc:

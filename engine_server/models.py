@@ -1,4 +1,4 @@
-"""Where the weights come from: the built-in default model, a local directory, or the Hugging Face hub."""
+"""Where the weights come from: a built-in model (prepared offline), a local directory, or the Hugging Face hub."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 import os
 from pathlib import Path
 
+from engine_server import builtin_models
 from engine_server.config import Config
 
 logger = logging.getLogger("engine_server.models")
@@ -19,12 +20,10 @@ def resolve(config: Config, fmt: str = "hf") -> str:
     """A local directory holding the model in the backend's format (fmt), preparing or downloading it if needed."""
     if fmt == "openvino":
         return _openvino(config)
-    if config.model is None:
-        from engine_server import default_model
-
+    if config.model is None or config.model in builtin_models.MODELS:
         try:
-            return str(default_model.prepare(config.cache_dir, fmt, progress=logger.info))
-        except (ValueError, default_model.PrepareError) as exc:
+            return str(builtin_models.prepare(config.cache_dir, config.model_name, fmt, progress=logger.info))
+        except (ValueError, builtin_models.PrepareError) as exc:
             raise ModelUnavailableError(str(exc)) from exc
     path = Path(config.model).expanduser()
     if path.exists():
@@ -32,7 +31,8 @@ def resolve(config: Config, fmt: str = "hf") -> str:
     if config.model.startswith((".", "/", "~")) or config.model.count("/") != 1:
         raise ModelUnavailableError(
             f"The model {config.model!r} is neither an existing local directory nor a hub id (org/name). "
-            "Fix: pass --model with a directory that exists, or unset it to serve the built-in default model."
+            "Fix: pass --model with a directory that exists or a built-in model's name (engine-server models lists "
+            "them), or unset it to serve the default one."
         )
     return _from_hub(config.model, config.hf_token.reveal() if config.hf_token else None)
 
@@ -41,8 +41,6 @@ def _openvino(config: Config) -> str:
     """A directory already in OpenVINO IR is served as is; a Hugging Face checkpoint is exported once into the cache."""
     from engine_server import openvino_export
 
-    if config.model is None:
-        _check_default_model_convertible(config)
     source = Path(resolve(config, "hf"))
     if openvino_export.is_openvino_ir(source):
         return str(source)
@@ -54,24 +52,6 @@ def _openvino(config: Config) -> str:
         return str(openvino_export.export(source, config.cache_dir, settings, progress=logger.info))
     except openvino_export.ExportError as exc:
         raise ModelUnavailableError(str(exc)) from None
-
-
-def _check_default_model_convertible(config: Config) -> None:
-    """transformers 4 (the openvino venv's, for optimum-intel) converts the default model's GGUF tokenizer into a
-    Unigram model instead of Gemma's BPE: other token ids, worse text. Never build (and cache, where the cpu backend
-    would find it too) such a checkpoint: the GGUF conversion needs transformers 5."""
-    import importlib.metadata
-
-    from engine_server import default_model
-
-    version = importlib.metadata.version("transformers")
-    if int(version.split(".")[0]) < 5 and not default_model.is_prepared(config.cache_dir, "hf"):
-        raise ModelUnavailableError(
-            f"The default model is not prepared in {config.cache_dir}, and this environment's transformers "
-            f"{version} converts its tokenizer wrongly. Fix: prepare it once with the cpu environment "
-            "(.venv/bin/engine-server prepare, same --cache-dir); the openvino backend then exports that checkpoint. "
-            "Or pass --model with a Hugging Face checkpoint or an OpenVINO IR directory."
-        )
 
 
 def _from_hub(repo_id: str, token: str | None) -> str:

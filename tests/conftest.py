@@ -109,6 +109,16 @@ def tiny_model() -> Path:
     return build_tiny_model()
 
 
+@pytest.fixture(scope="session")
+def gemma_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache holding gemma-3-270m prepared by this venv (its GGUF conversion needs transformers 5; about a minute)."""
+    from engine_server import builtin_models
+
+    cache = tmp_path_factory.mktemp("gemma-cache")
+    builtin_models.prepare(cache, "gemma-3-270m")
+    return cache
+
+
 # Backends the end-to-end suite runs against, with the flags each needs for the tiny model. The dtype is what users
 # get (auto: bfloat16 where the CPU computes it natively, as on AVX512-BF16 and AMX hosts).
 BACKENDS = {

@@ -14,7 +14,12 @@ from tests.conftest import ROOT
 
 def test_defaults_match_the_reference_service() -> None:
     _, config = load_config([], {})
-    assert (config.port, config.hw_mode, config.model, config.model_name) == (9000, "cpu", None, "gemma-3-270m")
+    assert (config.port, config.hw_mode, config.model, config.model_name) == (
+        9000,
+        "auto",
+        None,
+        "smollm2-135m-instruct",
+    )
 
 
 def test_environment_is_read_and_flags_win() -> None:
@@ -48,7 +53,7 @@ def test_local_model_is_named_by_its_directory(tmp_path: Path) -> None:
         (["--port", "0"], {}, "port must be between 1 and 65535"),
         (["--port", "abc"], {}, "--port: cannot read 'abc'"),
         ([], {"ENGINE_SERVER_PORT": "x"}, "--port: cannot read 'x'"),
-        (["--hw-mode", "tpu"], {}, "hw_mode must be one of cpu, hpu, openvino"),
+        (["--hw-mode", "tpu"], {}, "hw_mode must be one of auto, cpu, hpu, openvino"),
         (["--dtype", "int3"], {}, "dtype must be one of"),
         (["--block-size", "0"], {}, "block_size must be a positive integer"),
         ([], {"VLLM_CPU_KVCACHE_SPACE": "-1"}, "kv_cache_space must be a positive number"),

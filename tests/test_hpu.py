@@ -40,7 +40,7 @@ def config_of(argv: list[str], environ: dict[str, str] | None = None) -> Config:
 def test_one_card_with_the_default_model() -> None:
     # launch_vllm_service.sh ${port} ${model} hpu 1
     config = config_of(["--hw-mode", "hpu", "--parallel-number", "1"])
-    assert (config.port, config.model, config.model_name) == (9000, None, "gemma-3-270m")
+    assert (config.port, config.model, config.model_name) == (9000, None, "smollm2-135m-instruct")
     assert hpu.engine_args(config) == HPU_DEFAULT_ARGS
     assert hpu.engine_env(config, {}) == HPU_ENV
 
@@ -66,7 +66,7 @@ def test_the_same_launch_through_the_environment() -> None:
 def test_cpu_default() -> None:
     # launch_vllm_service.sh (no arguments)
     config = config_of([])
-    assert config.hw_mode == "cpu"
+    assert config.hw_mode == "auto"  # vLLM CPU where neither Gaudi cards nor OpenVINO are present
     assert vllm_cpu.engine_args(config, native_bf16=False) == {
         "dtype": "float32",
         "enforce_eager": True,
