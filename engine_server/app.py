@@ -50,7 +50,7 @@ def create_app(config: Config, engine: Engine | None = None, on_fatal: Callable[
     """The service as an ASGI app. Without an engine, the one config.hw_mode selects is created."""
     from backends import Selection, select_backend
 
-    selection = select_backend(config) if engine is None else Selection(config.hw_mode, "an engine was given")
+    selection = select_backend(config) if engine is None else Selection(config.hw_mode, "the engine was passed in")
     if engine is None:
         from backends import create_engine
         from engine_server import models
@@ -85,7 +85,7 @@ def create_app(config: Config, engine: Engine | None = None, on_fatal: Callable[
             **OPEA_SERVICE,
             "Version": __version__,
             "Status": state.status,
-            "Engine": selection.hw_mode,
+            "Engine": backend(),
             "Engine Selection": selection.reason,
         }
         return JSONResponse(body, status_code=200 if state.status == "ready" else 503)
@@ -98,8 +98,12 @@ def create_app(config: Config, engine: Engine | None = None, on_fatal: Callable[
 
     async def version(request: Request) -> Response:
         engine_version = state.info.engine_version if state.info else None
-        body = {"version": __version__, "backend": selection.hw_mode, "backend_reason": selection.reason}
+        body = {"version": __version__, "backend": backend(), "backend_reason": selection.reason}
         return JSONResponse({**body, "engine_version": engine_version})
+
+    def backend() -> str:
+        # What the engine says it is once started (an engine passed in has no hw_mode of its own).
+        return state.info.backend if state.info is not None else selection.hw_mode
 
     async def metrics_route(request: Request) -> Response:
         metrics.ready.set(1 if state.status == "ready" else 0)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import LiveServer, free_port
+from tests.conftest import ROOT, LiveServer, free_port
 
 CLI = [sys.executable, "-m", "engine_server.cli"]
 
@@ -58,3 +58,14 @@ def test_healthcheck_reports_readiness_of_the_configured_port(server: LiveServer
     port = server.base_url.rsplit(":", 1)[1]
     assert run("healthcheck", "--port", port).returncode == 0
     assert run("healthcheck", "--port", str(free_port())).returncode == 1
+
+
+def test_models_lists_the_built_in_models_with_size_license_and_use() -> None:
+    r = run("models")
+    assert r.returncode == 0, r.stderr
+    assert "smollm2-135m-instruct (default): 135M parameters, 93 MB download, Apache-2.0" in r.stdout
+    assert "gemma-3-270m: 270M parameters" in r.stdout and "Gemma Terms of Use" in r.stdout
+    for line in r.stdout.splitlines():
+        if "license text: " in line:
+            assert (ROOT / line.split("license text: ")[1]).is_file(), line  # the licenses are in the repo
+    assert "smollm2-135m-instruct (default)" in run("--help").stdout
