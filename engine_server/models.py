@@ -21,8 +21,9 @@ def resolve(config: Config, fmt: str = "hf") -> str:
     if fmt == "openvino":
         return _openvino(config)
     if config.model is None or config.model in builtin_models.MODELS:
+        name = config.model or builtin_models.DEFAULT_MODEL
         try:
-            return str(builtin_models.prepare(config.cache_dir, config.model_name, fmt, progress=logger.info))
+            return str(builtin_models.prepare(config.cache_dir, name, fmt, progress=logger.info))
         except (ValueError, builtin_models.PrepareError) as exc:
             raise ModelUnavailableError(str(exc)) from exc
     path = Path(config.model).expanduser()
@@ -45,13 +46,18 @@ def _openvino(config: Config) -> str:
     if openvino_export.is_openvino_ir(source):
         return str(source)
     settings = openvino_export.ExportSettings(
-        weight_format=openvino_export.weight_format(config.quantized_weights, config.dtype),
+        weight_format=openvino_export.weight_format(config.quantized_weights, config.dtype, _preferred_weights(config)),
         trust_remote_code=config.trust_remote_code,
     )
     try:
         return str(openvino_export.export(source, config.cache_dir, settings, progress=logger.info))
     except openvino_export.ExportError as exc:
         raise ModelUnavailableError(str(exc)) from None
+
+
+def _preferred_weights(config: Config) -> str:
+    builtin = builtin_models.MODELS.get(config.model or builtin_models.DEFAULT_MODEL)
+    return builtin.openvino_weights if builtin is not None else "fp16"
 
 
 def _from_hub(repo_id: str, token: str | None) -> str:

@@ -13,17 +13,14 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from engine_server.atomic import fsync_dir, locked
+from engine_server.atomic import build_once
 
 logger = logging.getLogger("engine_server.openvino_export")
 
@@ -56,12 +53,14 @@ def is_openvino_ir(path: Path) -> bool:
     return (Path(path) / IR_FILE).is_file()
 
 
-def weight_format(quantized_weights: bool, dtype: str) -> str:
-    """int8 when asked for; else fp32 only when float32 was asked for: fp16 halves the file, and the device still
-    computes in its own precision (f32 on a CPU without native bf16)."""
+def weight_format(quantized_weights: bool, dtype: str, preferred: str = "fp16") -> str:
+    """int8 when asked for; fp32 when float32 was asked for; with dtype auto, the model's preferred format (a built-in
+    model's measured fastest); else fp16: it halves the file, and the device still computes in its own precision."""
     if quantized_weights:
         return "int8"
-    return "fp32" if dtype == "float32" else "fp16"
+    if dtype == "float32":
+        return "fp32"
+    return preferred if dtype == "auto" else "fp16"
 
 
 def export_dir(source: Path, cache_dir: Path, settings: ExportSettings) -> Path:
@@ -84,30 +83,17 @@ def export(source: Path, cache_dir: Path, settings: ExportSettings, progress: Pr
     """The OpenVINO IR directory for the checkpoint in source, exporting it first if the cache does not hold it."""
     source = Path(source).resolve()
     final = export_dir(source, cache_dir, settings)
-    if is_exported(final):
-        return final
     report = progress or logger.info
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with locked(final.parent / f".{final.name}.lock", report, "exporting this model"):
-        if is_exported(final):  # another process finished it while we waited for the lock
-            return final
-        for stale in [*final.parent.glob(f".{final.name}.tmp-*"), *([final] if final.exists() else [])]:
-            report(f"removing an incomplete earlier export: {stale}")
-            shutil.rmtree(stale)
+
+    def fill(build: Path) -> None:
         report(f"exporting {source} to OpenVINO IR ({settings.weight_format} weights) in {final}")
-        started = time.monotonic()
-        build = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-        build.chmod(0o755)  # mkdtemp makes it private; a shared cache must be readable by the serving user
-        try:
-            _run_optimum(source, build, settings, report)
-            _check(build)
-            _write_marker(build, source, settings)
-            os.rename(build, final)
-        except BaseException:  # KeyboardInterrupt too: never leave a half export behind if we can help it
-            shutil.rmtree(build, ignore_errors=True)
-            raise
-        fsync_dir(final.parent)
-        report(f"OpenVINO export ready in {time.monotonic() - started:.1f} s: {final}")
+        _run_optimum(source, build, settings, report)
+        _check(build)
+        _write_marker(build, source, settings)
+
+    took = build_once(final, lambda: is_exported(final), fill, report, "exporting this model")
+    if took is not None:
+        report(f"OpenVINO export ready in {took:.1f} s: {final}")
     return final
 
 

@@ -57,7 +57,7 @@ def test_interrupted_preparation_is_never_served(interrupted: dict[str, Any], pr
     assert interrupted["seen"] == {"is_prepared": False, "final_exists": False, "temp_dirs": []}
     # The next run cleaned up the killed run's temp dir and built a complete cache.
     assert not interrupted["leftover"].exists()
-    assert any("removing an incomplete earlier preparation" in m for m in prepared["messages"])
+    assert any("removing an incomplete earlier build (interrupted while preparing" in m for m in prepared["messages"])
     assert prepared["path"] == builtin_models.model_dir(interrupted["cache"])
     assert builtin_models.is_prepared(interrupted["cache"])
     assert [p.name for p in prepared["path"].parent.iterdir() if p.is_dir()] == [prepared["path"].name]

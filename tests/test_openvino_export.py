@@ -101,6 +101,17 @@ def test_resolve_exports_a_checkpoint_with_the_configured_weights(
 def test_weight_format(quantized: bool, dtype: str, expected: str) -> None:
     assert openvino_export.weight_format(quantized, dtype) == expected
     assert openvino_export.weight_format(False, "auto") == "fp16"
+    # A built-in model's measured format applies under dtype auto only; an explicit choice wins.
+    assert openvino_export.weight_format(False, "auto", "int8") == "int8"
+    assert openvino_export.weight_format(False, "float16", "int8") == "fp16"
+
+
+@pytest.mark.parametrize(
+    "model,served,expected",
+    [(None, None, "int8"), ("smollm2-135m-instruct", "chat", "int8"), ("/models/llama", None, "fp16")],
+)
+def test_built_in_models_export_in_their_measured_format(model: str | None, served: str | None, expected: str) -> None:
+    assert models._preferred_weights(Config(model=model, served_model_name=served)) == expected
 
 
 def _name(source: Path, cache: Path) -> str:
