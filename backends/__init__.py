@@ -23,11 +23,12 @@ class Selection:
     reason: str  # why, in a sentence for the startup log, /version and /v1/health_check
 
 
-def _has_module(name: str) -> bool:
+def has_module(name: str) -> bool:
+    """Whether this Python can import name, without importing it."""
     return importlib.util.find_spec(name) is not None
 
 
-def select_backend(config: Config, has_module: Callable[[str], bool] = _has_module) -> Selection:
+def select_backend(config: Config, has_module: Callable[[str], bool] = has_module) -> Selection:
     """The backend config.hw_mode names; for auto, the fastest one this machine and environment can run."""
     if config.hw_mode != "auto":
         return Selection(config.hw_mode, f"hw_mode {config.hw_mode} was asked for")

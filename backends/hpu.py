@@ -7,7 +7,6 @@ selects the platform. This module only decides the arguments and checks up front
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import re
@@ -16,6 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backends import has_module
 from backends.base import ModelResolver
 from backends.vllm_engine import VllmEngine, shared_engine_args
 
@@ -82,14 +82,10 @@ def find_devices(dev: Path = DEV) -> list[Path]:
     return sorted(p for p in candidates if _DEVICE_NAME.fullmatch(p.relative_to(dev).as_posix()))
 
 
-def _has_module(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
-
-
 def check_available(
     config: Config | None = None,
     dev: Path = DEV,
-    has_module: Callable[[str], bool] = _has_module,
+    has_module: Callable[[str], bool] = has_module,
 ) -> None:
     """Raise BackendUnavailableError naming every missing piece, before anything heavy is imported."""
     from backends import BackendUnavailableError

@@ -279,15 +279,22 @@ class Config:
         )
 
     @property
+    def builtin_model(self) -> str | None:
+        """The built-in model served (by name, or by default when no model is set); None for any other model."""
+        name = self.model or DEFAULT_MODEL
+        return name if name in MODELS else None
+
+    @property
     def model_name(self) -> str:
         """The name the API reports for the served model."""
         if self.served_model_name:
             return self.served_model_name
-        if self.model is None or self.model in MODELS:
-            return self.model or DEFAULT_MODEL
-        path = Path(self.model).expanduser()
+        if self.builtin_model is not None:
+            return self.builtin_model
+        model = str(self.model)  # set: without a model the default built-in one is served
+        path = Path(model).expanduser()
         # A local directory is named by its last part; a hub id ("org/name") by itself, as vLLM does.
-        return path.name if path.exists() else self.model
+        return path.name if path.exists() else model
 
     def with_changes(self, **changes: Any) -> Config:
         return replace(self, **changes)

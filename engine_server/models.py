@@ -20,22 +20,22 @@ def resolve(config: Config, fmt: str = "hf") -> str:
     """A local directory holding the model in the backend's format (fmt), preparing or downloading it if needed."""
     if fmt == "openvino":
         return _openvino(config)
-    if config.model is None or config.model in builtin_models.MODELS:
-        name = config.model or builtin_models.DEFAULT_MODEL
+    if config.builtin_model is not None:
         try:
-            return str(builtin_models.prepare(config.cache_dir, name, fmt, progress=logger.info))
+            return str(builtin_models.prepare(config.cache_dir, config.builtin_model, fmt, progress=logger.info))
         except (ValueError, builtin_models.PrepareError) as exc:
             raise ModelUnavailableError(str(exc)) from exc
-    path = Path(config.model).expanduser()
+    model = str(config.model)  # set: without a model the default built-in one is served
+    path = Path(model).expanduser()
     if path.exists():
         return str(path)
-    if config.model.startswith((".", "/", "~")) or config.model.count("/") != 1:
+    if model.startswith((".", "/", "~")) or model.count("/") != 1:
         raise ModelUnavailableError(
-            f"The model {config.model!r} is neither an existing local directory nor a hub id (org/name). "
+            f"The model {model!r} is neither an existing local directory nor a hub id (org/name). "
             "Fix: pass --model with a directory that exists or a built-in model's name (engine-server models lists "
             "them), or unset it to serve the default one."
         )
-    return _from_hub(config.model, config.hf_token.reveal() if config.hf_token else None)
+    return _from_hub(model, config.hf_token.reveal() if config.hf_token else None)
 
 
 def _openvino(config: Config) -> str:
@@ -56,8 +56,8 @@ def _openvino(config: Config) -> str:
 
 
 def _preferred_weights(config: Config) -> str:
-    builtin = builtin_models.MODELS.get(config.model or builtin_models.DEFAULT_MODEL)
-    return builtin.openvino_weights if builtin is not None else "fp16"
+    name = config.builtin_model
+    return builtin_models.MODELS[name].openvino_weights if name is not None else "fp16"
 
 
 def _from_hub(repo_id: str, token: str | None) -> str:
