@@ -10,6 +10,7 @@ import json
 import re
 from typing import Any
 
+import httpx
 import jsonschema
 import openai
 import pytest
@@ -148,3 +149,16 @@ def test_a_response_cut_by_max_tokens_says_length(client: openai.OpenAI) -> None
 def client(server: LiveServer) -> Any:
     with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0) as c:
         yield c
+
+
+@pytest.mark.parametrize("schema", [{"type": "colour"}, {"type": "string", "pattern": "(?<=a)b"}])
+def test_a_schema_that_cannot_be_enforced_is_a_400(server: LiveServer, client: openai.OpenAI, schema: Any) -> None:
+    body = {
+        "messages": [{"role": "user", "content": "Answer in JSON."}],
+        "max_tokens": 8,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "t", "schema": schema}},
+    }
+    r = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    assert request(client, SCHEMAS["enum"], 0, False)[1] in ("stop", "length")  # and the server still serves
