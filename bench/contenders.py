@@ -147,6 +147,21 @@ def vllm_serve(model: str, served_name: str, settings: EngineSettings, log: Path
         yield Running(url, ready_s, (child.process.pid,))
 
 
+def llama_server_cmd(binary: str, gguf: str, port: int, settings: EngineSettings) -> list[str]:
+    # As llama.cpp's users run it on a small CPU: 8 slots sharing the context (each gets max_model_len), 2 threads,
+    # the GGUF's own chat template (--jinja).
+    flags = {"-m": gguf, "--host": "127.0.0.1", "--port": str(port), "-c": str(8 * settings.max_model_len)}
+    return [binary, *(x for pair in flags.items() for x in pair), "-np", "8", "-t", "2", "--jinja"]
+
+
+@contextlib.contextmanager
+def llama_server(binary: str, gguf: str, settings: EngineSettings, log: Path) -> Iterator[Running]:
+    """llama.cpp's llama-server (bench only): build it as bench/README.md says, pass it with --llama-server."""
+    cmd = llama_server_cmd(binary, gguf, free_port(), settings)
+    with started("llama-server", cmd, log, {}) as (child, url, ready_s):
+        yield Running(url, ready_s, (child.process.pid,))
+
+
 @contextlib.contextmanager
 def proxy(upstream: str, log: Path) -> Iterator[Running]:
     """The pass-through proxy in front of an already running upstream; ready_s is the proxy's own start."""

@@ -22,6 +22,7 @@ from bench.client import run_client
 from bench.contenders import (
     EngineSettings,
     Running,
+    llama_server,
     our_server,
     proxy,
     run_raw_engine,
@@ -32,7 +33,15 @@ from bench.contenders import (
 from bench.report import OURS, OURS_OPENVINO, backend_ratios, table, targets
 from bench.workloads import RunResult, Workload, combine, load_average, model_workloads, tiny_workload
 
-CONTENDERS = ("engine-server", "vllm-serve", "two-hop", "raw-engine", "engine-server-openvino", "raw-pipeline")
+CONTENDERS = (
+    "engine-server",
+    "vllm-serve",
+    "two-hop",
+    "raw-engine",
+    "engine-server-openvino",
+    "raw-pipeline",
+    "llama-server",
+)
 # The openvino pair needs .venv-openvino (scripts/setup makes it); `--contenders all` adds it to the default four.
 DEFAULT_CONTENDERS = CONTENDERS[:4]
 GROUPS = ("tiny", "gemma", "smollm2")
@@ -93,7 +102,13 @@ class Bench:
 
 
 def run_group(
-    bench: Bench, model: str, served_name: str, workloads: list[Workload], contenders: list[str], group: str
+    bench: Bench,
+    model: str,
+    served_name: str,
+    workloads: list[Workload],
+    contenders: list[str],
+    group: str,
+    llama: str | None = None,
 ) -> None:
     bench.workloads += workloads
     settings, logs = bench.settings, bench.log_dir
@@ -128,6 +143,13 @@ def run_group(
     if "raw-pipeline" in contenders:
         _say(f"starting the raw OpenVINO pipeline on {group}")
         bench.raw("raw pipeline", run_raw_pipeline, model, workloads)
+    if "llama-server" in contenders and llama is not None and group in BUILTIN:
+        # The GGUF the built-in model's package ships: what llama.cpp users would serve. The client samples its
+        # prompts with our checkpoint's tokenizer, the same vocabulary.
+        gguf = _package_gguf(group, logs / "gguf")
+        _say(f"starting llama-server on {group} ({gguf})")
+        with llama_server(llama, gguf, settings, logs / f"llama-server-{group}.log") as peer:
+            bench.http("llama-server", peer, workloads, served_name)
     bench.print_table(f"{group}: all contenders so far")
 
 
@@ -143,6 +165,12 @@ def _tiny_model() -> str:
     from tests.models.make_tiny_model import build
 
     return str(build())
+
+
+def _package_gguf(group: str, work: Path) -> str:
+    from engine_server import gemma, smollm2
+
+    return str((smollm2 if group == "smollm2" else gemma).gguf_file(work))
 
 
 def _builtin_model(name: str, cache_dir: Path | None) -> str:
@@ -175,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kv-cache-space", type=float, default=2.0, help="GiB (VLLM_CPU_KVCACHE_SPACE)")
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--log-dir", type=Path, default=None, help="server and client logs (default: a temp dir)")
+    parser.add_argument("--llama-server", default=None, help="llama.cpp's llama-server binary (contender llama-server)")
     return parser
 
 
@@ -186,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [c for c in contenders if c not in CONTENDERS] + [g for g in groups if g not in GROUPS]
     if unknown:
         build_parser().error(f"unknown contender or workload: {', '.join(unknown)}")
+    if "llama-server" in contenders and not args.llama_server:
+        build_parser().error("the llama-server contender needs --llama-server PATH (bench/README.md: building it)")
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="bench-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     settings = EngineSettings(args.dtype, args.kv_cache_space, args.max_model_len)
@@ -203,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         run_group(bench, model, "tiny", sized([tiny_workload(model, args.quick)]), contenders, "tiny")
     for group in (g for g in groups if g in BUILTIN):
         model = (args.gemma_model if group == "gemma" else None) or _builtin_model(BUILTIN[group], args.cache_dir)
-        run_group(bench, model, BUILTIN[group], sized(model_workloads(group, model, args.quick)), contenders, group)
+        workloads = sized(model_workloads(group, model, args.quick))
+        run_group(bench, model, BUILTIN[group], workloads, contenders, group, args.llama_server)
     bench.print_table(f"final ({time.monotonic() - started:.0f} s, load now {load_average():.1f})")
     print(targets(bench.results), flush=True)
     print(backend_ratios(bench.results), flush=True)

@@ -50,7 +50,7 @@ MODELS = {
     for m in (
         BuiltinModel(
             name="smollm2-135m-instruct",
-            summary="chat: short answers, summaries and rewording in English; fast everywhere (the default)",
+            summary="chat: short answers, summaries and rewording in English; fast everywhere",
             parameters="135M",
             download="93 MB",
             license="Apache-2.0",
