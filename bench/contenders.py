@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -121,21 +122,28 @@ def started(name: str, cmd: list[str], log: Path, env: dict[str, str]) -> Iterat
 
 @contextlib.contextmanager
 def our_server(
-    model: str, served_name: str, settings: EngineSettings, log: Path, hw_mode: str = "cpu"
+    model: str,
+    served_name: str,
+    settings: EngineSettings,
+    log: Path,
+    hw_mode: str = "cpu",
+    cache_dir: Path | None = None,
 ) -> Iterator[Running]:
+    """cache_dir: the engine-server cache that holds model, when model is a built-in model's name."""
     cmd = our_server_cmd(model, free_port(), served_name, settings, hw_mode)
+    env = {**settings.env(), **({"ENGINE_SERVER_CACHE_DIR": str(cache_dir)} if cache_dir else {})}
     if hw_mode == "openvino":
-        prepare_openvino(cmd, log.with_suffix(".prepare.log"))
-    with started(f"engine-server ({hw_mode})", cmd, log, settings.env()) as (child, url, ready_s):
+        prepare_openvino(cmd, log.with_suffix(".prepare.log"), env)
+    with started(f"engine-server ({hw_mode})", cmd, log, env) as (child, url, ready_s):
         yield Running(url, ready_s, (child.process.pid,))
 
 
-def prepare_openvino(server_cmd: list[str], log: Path) -> None:
+def prepare_openvino(server_cmd: list[str], log: Path, env: dict[str, str]) -> None:
     """Export the checkpoint to OpenVINO IR into the cache (`engine-server prepare`, once per model and dtype), so
     that time to ready measures a start, not a first-time export."""
     cmd = [*server_cmd[:3], "prepare", *server_cmd[3:]]
     with log.open("wb") as out:
-        returncode = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
+        returncode = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env}).returncode
     if returncode != 0:
         raise StartupError(f"engine-server prepare failed ({returncode}), see {log}")
 

@@ -138,7 +138,9 @@ def run_group(
         # Our server on the openvino backend, exported from the same checkpoint in the same dtype (the first start
         # exports into the engine-server cache; the raw pipeline then finds the export there).
         _say(f"starting engine-server (openvino) on {group}")
-        with our_server(model, served_name, settings, logs / f"ours-openvino-{group}.log", "openvino") as ov:
+        # A built-in model by its name, so that the server applies its defaults for it (int8 weights under auto).
+        ov_model, cache = _as_builtin(model, group)
+        with our_server(ov_model, served_name, settings, logs / f"ours-openvino-{group}.log", "openvino", cache) as ov:
             bench.http(OURS_OPENVINO, ov, workloads, served_name)
     if "raw-pipeline" in contenders:
         _say(f"starting the raw OpenVINO pipeline on {group}")
@@ -165,6 +167,16 @@ def _tiny_model() -> str:
     from tests.models.make_tiny_model import build
 
     return str(build())
+
+
+def _as_builtin(model: str, group: str) -> tuple[str, Path | None]:
+    """(the built-in model's name, its cache) when model is the group's prepared built-in model, else (model, None)."""
+    from engine_server.builtin_models import model_dir
+
+    path = Path(model)
+    if group in BUILTIN and len(path.parents) > 1 and model_dir(path.parents[1], BUILTIN[group]) == path:
+        return BUILTIN[group], path.parents[1]
+    return model, None
 
 
 def _package_gguf(group: str, work: Path) -> str:
