@@ -71,10 +71,12 @@ def test_seed_curl_lines_get_english_text(default_server: LiveServer, body: str)
     )
     assert r.status_code == 200, r.text
     choice = r.json()["choices"][0]
-    text = choice["text"] if isinstance(json.loads(body)["messages"], str) else choice["message"]["content"]
-    assert text.strip() and "\ufffd" not in text, text
+    raw = isinstance(json.loads(body)["messages"], str)
+    text = choice["text"] if raw else choice["message"]["content"]
+    # A raw prompt (no chat template) may be ended at once by a chat model's sampled end of turn; a chat must answer.
+    assert (raw or text.strip()) and "\ufffd" not in text and choice["finish_reason"] in ("stop", "length"), text
     words = [w for w in text.split() if w.isalpha()]
-    assert words and all(w.isascii() for w in words), text  # English words, no stray scripts
+    assert (raw or words) and all(w.isascii() for w in words), text  # English words, no stray scripts
 
 
 def test_a_conversation_with_a_system_message_keeps_its_roles(
