@@ -19,7 +19,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from backends.base import Engine, EngineError
-from engine_server import __version__
+from engine_server import __version__, responses
 from engine_server.config import Config
 from engine_server.errors import (
     APIError,
@@ -34,8 +34,12 @@ from engine_server.metrics import CONTENT_TYPE, Metrics
 from engine_server.middleware import Guard
 from engine_server.openapi import openapi_schema
 from engine_server.protocol import ChatCompletionRequest, CompletionRequest
+from engine_server.responses import ResponsesRequest, Turn
+from engine_server.responses_stream import named_frame, response_events
+from engine_server.serving import Serving
 from engine_server.state import State, TooManyRequests
 from engine_server.streaming import ClientDisconnected, event_stream, until_disconnect
+from engine_server.tokens import routes as token_routes
 
 M = TypeVar("M", bound=BaseModel)
 logger = logging.getLogger("engine_server")
@@ -57,7 +61,8 @@ def create_app(config: Config, engine: Engine | None = None, on_fatal: Callable[
 
         engine = create_engine(config, partial(models.resolve, config), selection.hw_mode)
         logger.info("engine: %s (%s)", selection.hw_mode, selection.reason)
-    metrics = Metrics(engine.stats)
+    store = responses.ResponseStore(config.responses_store_size, config.responses_store_ttl)
+    metrics = Metrics(engine.stats, config.model_name)
     state = State(config, engine, metrics, on_fatal)
 
     @contextlib.asynccontextmanager
@@ -122,31 +127,61 @@ def create_app(config: Config, engine: Engine | None = None, on_fatal: Callable[
     async def generate(request: Request, schema: type[ChatCompletionRequest] | type[CompletionRequest]) -> Response:
         body = await _parse(request, schema)
         serving = state.ready_serving()
-        if config.strict_model_name and body.model not in (None, config.model_name):
+        check_model(body.model)
+        return await run(request, serving, body)
+
+    async def create_response(request: Request) -> Response:
+        body = await _parse(request, ResponsesRequest)
+        serving = state.ready_serving()
+        check_model(body.model)
+        return await run(request, serving, responses.to_chat(body, store, config.model_name))
+
+    def check_model(model: str | None) -> None:
+        if config.strict_model_name and model not in (None, config.model_name):
             raise NotFound(
-                f"The model '{body.model}' does not exist; this server serves '{config.model_name}'.",
+                f"The model '{model}' does not exist; this server serves '{config.model_name}'.",
                 param="model",
                 code="model_not_found",
             )
+
+    async def run(
+        request: Request, serving: Serving, body: ChatCompletionRequest | CompletionRequest | Turn
+    ) -> Response:
+        """Admit and serve a generation request: chat, completion, or a Responses turn (on the chat path)."""
+        turn = body if isinstance(body, Turn) else None
+        chat = turn.chat if turn is not None else body
+        assert not isinstance(chat, Turn)
         try:
             admission = state.admit()
         except TooManyRequests as exc:
             return JSONResponse(exc.body(), status_code=exc.status_code, headers={"Retry-After": RETRY_AFTER_S})
         try:
-            prepared = serving.prepare(body)
+            prepared = serving.prepare(chat)
         except BaseException:
             admission.release()
             raise
-        if body.is_stream:
+        if chat.is_stream:
             # The stream releases the admission when it ends, however it ends.
-            return await event_stream(request, serving.chunks(prepared), admission.release, config.request_timeout)
+            if turn is None:
+                return await event_stream(request, serving.chunks(prepared), admission.release, config.request_timeout)
+            events = response_events(turn, serving.chunks(prepared), store)
+            return await event_stream(request, events, admission.release, config.request_timeout, named_frame, b"")
         try:
             work = asyncio.wait_for(serving.complete(prepared), config.request_timeout)
-            return JSONResponse(await until_disconnect(request, work))
+            result = await until_disconnect(request, work)
+            return JSONResponse(result if turn is None else responses.from_completion(turn, result, store))
         except ClientDisconnected:
             return Response(status_code=499)
         finally:
             admission.release()
+
+    async def stored_response(request: Request) -> Response:
+        state.ready_serving()
+        response_id = request.path_params["response_id"]
+        if request.method == "DELETE":
+            store.delete(response_id)
+            return JSONResponse({"id": response_id, "object": "response.deleted", "deleted": True})
+        return JSONResponse(store.get(response_id).response)
 
     routes = [
         Route("/health", health, methods=["GET"]),
@@ -157,6 +192,9 @@ def create_app(config: Config, engine: Engine | None = None, on_fatal: Callable[
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/responses", create_response, methods=["POST"]),
+        Route("/v1/responses/{response_id}", stored_response, methods=["GET", "DELETE"]),
+        *token_routes,
     ]
     app = Starlette(
         routes=routes,

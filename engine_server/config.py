@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from engine_server.builtin_models import DEFAULT_MODEL, MODELS
+from engine_server.tool_parsers import FORMATS as TOOL_FORMATS
 
 HW_MODES = ("auto", "cpu", "hpu", "openvino")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -165,6 +166,19 @@ class Config:
     chat_template: str | None = option(
         None, "Chat template (Jinja text or a file path) used instead of the model's.", env=("CHAT_TEMPLATE",)
     )
+    tool_call_parser: str = option(
+        "auto",
+        f"How a model's tool calls are read when tool_choice is auto: one of auto, {', '.join(TOOL_FORMATS)}. auto: "
+        "the format the chat template teaches (hermes for <tool_call> tags, llama3_json, pythonic); templates that "
+        "ignore tools get the tools in a system prompt asking for hermes tags.",
+        env=("TOOL_CALL_PARSER",),
+    )
+    responses_store_size: int = option(
+        1000,
+        "Most responses /v1/responses keeps for previous_response_id and GET (oldest dropped first); 0 stores none.",
+        env=("RESPONSES_STORE_SIZE",),
+    )
+    responses_store_ttl: float = option(3600.0, "Seconds a stored response is kept.", env=("RESPONSES_STORE_TTL",))
     hf_token: Secret | None = option(
         None,
         "Hugging Face token for gated models; passed to the hub client, never logged.",
@@ -244,6 +258,12 @@ class Config:
         check(
             self.api_key is None or all(k.strip() for k in self.api_key.reveal().split(",")), "api_key has an empty key"
         )
+        check(
+            self.tool_call_parser in ("auto", *TOOL_FORMATS),
+            f"tool_call_parser must be one of auto, {', '.join(TOOL_FORMATS)}; got {self.tool_call_parser!r}",
+        )
+        check(self.responses_store_size >= 0, "responses_store_size must be 0 or more")
+        check(self.responses_store_ttl > 0, "responses_store_ttl must be a positive number of seconds")
         check(self.log_level in LOG_LEVELS, f"log_level must be one of {', '.join(LOG_LEVELS)}")
         check(self.parallel_number >= 1, f"parallel_number must be at least 1, got {self.parallel_number}")
         check(

@@ -6,6 +6,7 @@ are declared so that their null/default values pass and anything else is refused
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -32,11 +33,23 @@ class TextPart(Strict):
     text: str
 
 
+class CalledFunction(Strict):
+    name: str
+    arguments: str  # JSON text of an object, as OpenAI sends it back
+
+
+class MessageToolCall(Strict):
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessage(Strict):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[TextPart] | None = None
     name: str | None = None
     tool_call_id: str | None = None
+    tool_calls: list[MessageToolCall] | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -62,6 +75,30 @@ class ResponseFormat(Strict):
         if self.type == "json_schema" and self.json_schema is None:
             raise FieldError("response_format", "response_format of type json_schema needs a 'json_schema' object")
         return self
+
+
+class FunctionDef(Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class FunctionName(Strict):
+    name: str
+
+
+class NamedToolChoice(Strict):
+    type: Literal["function"]
+    function: FunctionName
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
 class StreamOptions(Strict):
@@ -101,23 +138,21 @@ class SamplingFields(Strict):
     # OpenAI fields this server cannot honor: accepted only at their null value.
     logit_bias: dict[str, float] | None = None
     best_of: int | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
     functions: list[Any] | None = None
     function_call: Any = None
-    parallel_tool_calls: bool | None = None
 
     @model_validator(mode="after")
     def _check_shared(self) -> SamplingFields:
         if self.typical_p is not None and self.typical_p != 1.0:
             raise FieldError("typical_p", "typical_p is not supported by this server's samplers; omit it or send 1.0")
-        for name in ("logit_bias", "tools", "functions"):
-            if getattr(self, name):
-                raise FieldError(name, f"{name} is not supported by this server")
-        if self.tool_choice not in (None, "none"):
-            raise FieldError("tool_choice", "tool_choice is not supported by this server")
+        if self.logit_bias:
+            raise FieldError("logit_bias", "logit_bias is not supported by this server")
+        if self.functions:
+            raise FieldError("functions", "functions (deprecated by OpenAI) is not supported: send 'tools'")
         if self.function_call not in (None, "none"):
-            raise FieldError("function_call", "function_call is not supported by this server")
+            raise FieldError(
+                "function_call", "function_call (deprecated by OpenAI) is not supported: send 'tool_choice'"
+            )
         if self.best_of not in (None, self.n):
             raise FieldError("best_of", "best_of is not supported by this server; use n")
         if self.stop_token_ids and len(self.stop_token_ids) > 64:
@@ -147,6 +182,9 @@ class ChatCompletionRequest(SamplingFields):
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     add_generation_prompt: bool = True
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool = True
 
     @model_validator(mode="after")
     def _check_chat(self) -> ChatCompletionRequest:
@@ -156,6 +194,7 @@ class ChatCompletionRequest(SamplingFields):
             raise FieldError("messages", "messages must contain at least one message")
         if self.top_logprobs and not self.logprobs:
             raise FieldError("top_logprobs", "top_logprobs needs logprobs set to true")
+        check_tools(self)
         return self
 
     @property
@@ -165,6 +204,69 @@ class ChatCompletionRequest(SamplingFields):
     @property
     def num_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
+
+
+def check_tools(req: ChatCompletionRequest) -> None:
+    """What a tools request must satisfy beyond its field types; every failure names the field at fault."""
+    tools = req.tools or []
+    names = [t.function.name for t in tools]
+    if len(set(names)) < len(names):
+        raise FieldError("tools", "tools has two functions of the same name")
+    for i, tool in enumerate(tools):
+        if tool.function.parameters is not None:
+            problem = schema_problem(tool.function.parameters)
+            if problem:
+                raise FieldError(f"tools[{i}].function.parameters", f"not a valid JSON schema: {problem}")
+    choice = req.tool_choice
+    if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+        raise FieldError("tool_choice", f"tool_choice names the function '{choice.function.name}', not in tools")
+    if choice == "required" and not tools:
+        raise FieldError("tool_choice", "tool_choice 'required' needs at least one tool in tools")
+    uses_tools = bool(tools) and choice != "none"
+    fmt = req.response_format
+    if uses_tools and fmt is not None and fmt.type != "text":
+        raise FieldError(
+            "response_format",
+            "response_format constrains the whole output, so the model could not call a tool: send one of "
+            "response_format and tools, or tool_choice 'none'",
+        )
+    if isinstance(req.messages, str):
+        if tools:
+            raise FieldError("tools", "tools need 'messages' as a list of messages; a string is a raw prompt")
+        return
+    call_ids: set[str] = set()
+    for i, m in enumerate(req.messages):
+        if m.tool_calls and m.role != "assistant":
+            raise FieldError(f"messages[{i}].tool_calls", "only assistant messages carry tool_calls")
+        for call in m.tool_calls or []:
+            call_ids.add(call.id)
+            if not isinstance(_json_object(call.function.arguments), dict):
+                raise FieldError(
+                    f"messages[{i}].tool_calls", f"the arguments of call '{call.id}' are not a JSON object"
+                )
+        if m.role == "tool" and m.tool_call_id not in call_ids:
+            raise FieldError(
+                f"messages[{i}].tool_call_id",
+                f"tool message answers the call id {m.tool_call_id!r}, which no earlier assistant message made",
+            )
+
+
+def schema_problem(schema: dict[str, Any]) -> str | None:
+    """Why a JSON schema is not valid (checked against its metaschema), or None."""
+    import jsonschema
+
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        return exc.message
+    return None
+
+
+def _json_object(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 class CompletionRequest(SamplingFields):

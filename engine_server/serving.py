@@ -21,7 +21,9 @@ from engine_server.config import Config
 from engine_server.errors import BadRequest
 from engine_server.metrics import Metrics
 from engine_server.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from engine_server.shapes import chat_logprobs, chat_message, plain_chunk, stream_choice, text_logprobs, tool_deltas
 from engine_server.streaming import encode, encode_string
+from engine_server.tools import ChoiceTools, ToolPlan, plan_chat, probe_template
 
 Request = ChatCompletionRequest | CompletionRequest
 
@@ -37,6 +39,7 @@ class Prepared:
     requests: list[GenerateRequest]
     n: int
     include_usage: bool
+    tools: ToolPlan | None = None  # chat with tools: how each choice's output is read for calls
     arrival: float = field(default_factory=time.monotonic)
 
 
@@ -58,42 +61,54 @@ class Serving:
         self.model_name = config.model_name
         self.default_chat_template = default_chat_template
         self.metrics = metrics
+        self._template_formats: dict[str | None, str | None] = {}  # per chat template: its tool-call format
 
     # -- preparing -------------------------------------------------------------------------------------------
 
     def prepare(self, req: Request) -> Prepared:
+        plan = None
         if isinstance(req, ChatCompletionRequest):
             if isinstance(req.messages, str):
                 kind, prompts = "text", [self._tokenize(req.messages, add_special_tokens=True)]
             else:
-                kind, prompts = "chat", [self._chat_prompt(req)]
+                ids, plan = self.chat_prompt(req)
+                kind, prompts = "chat", [ids]
             prefix = "chatcmpl" if kind == "chat" else "cmpl"
         else:
             kind, prefix = "text", "cmpl"
             prompts = [self._tokenize(p, add_special_tokens=True) for p in req.prompts]
         request_id = f"{prefix}-{uuid.uuid4().hex}"
+        structured = _structured(req, plan)
         requests = [
-            GenerateRequest(f"{request_id}-{i}", ids, self._sampling(req, len(ids))) for i, ids in enumerate(prompts)
+            GenerateRequest(f"{request_id}-{i}", ids, self._sampling(req, len(ids), structured))
+            for i, ids in enumerate(prompts)
         ]
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return Prepared(kind, request_id, int(time.time()), self.model_name, requests, req.n, include_usage)
+        return Prepared(kind, request_id, int(time.time()), self.model_name, requests, req.n, include_usage, plan)
 
     def _tokenize(self, text: str, add_special_tokens: bool) -> list[int]:
         return self.engine.tokenize(text, add_special_tokens=add_special_tokens)
 
-    def _chat_prompt(self, req: ChatCompletionRequest) -> list[int]:
+    def chat_prompt(self, req: ChatCompletionRequest) -> tuple[list[int], ToolPlan | None]:
+        """A chat request's prompt tokens, and how its output is read for tool calls (None: plain text)."""
         assert isinstance(req.messages, list)
-        messages = [m.model_dump(exclude_none=True) for m in req.messages]
-        for m in messages:
-            if isinstance(m.get("content"), list):
-                m["content"] = "\n".join(part["text"] for part in m["content"])
+        template = req.chat_template or self.default_chat_template
         kwargs = dict(req.chat_template_kwargs or {})
         kwargs.setdefault("add_generation_prompt", req.add_generation_prompt)
-        text = self.engine.render_chat(messages, req.chat_template or self.default_chat_template, kwargs)
-        # The template already carries the special tokens (BOS and turn markers).
-        return self._tokenize(text, add_special_tokens=False)
 
-    def _sampling(self, req: Request, num_prompt_tokens: int) -> SamplingOptions:
+        def render(messages: list[dict[str, Any]], extra: dict[str, Any]) -> str:
+            return self.engine.render_chat(messages, template, {**kwargs, **extra})
+
+        fmt = self._template_formats.get(template, "")  # "": not probed yet; None: the template ignores tools
+        if fmt == "" and (req.tools or any(m.role == "tool" or m.tool_calls for m in req.messages)):
+            if len(self._template_formats) > 64:  # per-request templates: keep the memo bounded
+                self._template_formats.clear()
+            fmt = self._template_formats.setdefault(template, probe_template(render))
+        messages, extra, plan = plan_chat(req, fmt or None, self.config.tool_call_parser)
+        # The template already carries the special tokens (BOS and turn markers).
+        return self._tokenize(render(messages, extra), add_special_tokens=False), plan
+
+    def _sampling(self, req: Request, num_prompt_tokens: int, structured: dict[str, Any]) -> SamplingOptions:
         limit = self.info.max_model_len
         if num_prompt_tokens >= limit:
             raise BadRequest(
@@ -143,7 +158,7 @@ class Serving:
             ignore_eos=req.ignore_eos,
             min_tokens=req.min_tokens,
             skip_special_tokens=req.skip_special_tokens,
-            **_structured(req),
+            **structured,
         )
 
     # -- running ---------------------------------------------------------------------------------------------
@@ -215,9 +230,8 @@ class Serving:
                 "choices": [
                     {
                         "index": idx,
-                        "message": {"role": "assistant", "content": "".join(c.text)},
-                        "logprobs": _chat_logprobs(c.logprobs),
-                        "finish_reason": c.finish_reason,
+                        **chat_message(prepared.tools, "".join(c.text), c.finish_reason),
+                        "logprobs": chat_logprobs(c.logprobs),
                     }
                     for idx, c in enumerate(choices)
                 ],
@@ -232,7 +246,7 @@ class Serving:
                 {
                     "index": idx,
                     "text": "".join(c.text),
-                    "logprobs": _text_logprobs(c.logprobs, 0),
+                    "logprobs": text_logprobs(c.logprobs, 0),
                     "finish_reason": c.finish_reason,
                 }
                 for idx, c in enumerate(choices)
@@ -258,11 +272,22 @@ class Serving:
         plain: dict[int, tuple[str, str] | None] = {}
         num_prompt = [0] * len(prepared.requests)
         num_output = 0
+        shapers: dict[int, ChoiceTools] | None = {} if chat and prepared.tools is not None else None
         async for i, step in self.steps(prepared):
             num_prompt[i] = step.num_prompt_tokens
             for d in step.deltas:
                 index = i * prepared.n + d.index
                 num_output += d.num_tokens
+                if shapers is not None:
+                    shaper = shapers.setdefault(index, ChoiceTools(prepared.tools))  # type: ignore[arg-type]
+                    for delta, last in tool_deltas(shaper, d):
+                        if index not in started:
+                            started.add(index)
+                            delta = {"role": "assistant", **delta}
+                        reason = shaper.finish_reason(d.finish_reason) if last else None
+                        choice = stream_choice(True, index, "", chat_logprobs(d.logprobs) if last else None, reason)
+                        yield encode({**head, "choices": [{**choice, "delta": delta}]})
+                    continue
                 first = chat and index not in started and d.num_tokens > 0
                 if not d.text and d.finish_reason is None and not d.logprobs and not first:
                     continue
@@ -271,7 +296,7 @@ class Serving:
                     text_offsets[index] = offset + len(d.text)
                 if d.finish_reason is None and d.logprobs is None and (index in started or not chat):
                     if index not in plain:
-                        plain[index] = _plain_chunk(head, index, chat)
+                        plain[index] = plain_chunk(head, index, chat)
                     template = plain[index]
                     if template is not None:
                         yield template[0] + encode_string(d.text) + template[1]
@@ -279,9 +304,9 @@ class Serving:
                 if chat:
                     role = index not in started
                     started.add(index)
-                    choice = _choice(True, index, d.text, _chat_logprobs(d.logprobs), d.finish_reason, role)
+                    choice = stream_choice(True, index, d.text, chat_logprobs(d.logprobs), d.finish_reason, role)
                 else:
-                    choice = _choice(False, index, d.text, _text_logprobs(d.logprobs, offset), d.finish_reason)
+                    choice = stream_choice(False, index, d.text, text_logprobs(d.logprobs, offset), d.finish_reason)
                 yield encode({**head, "choices": [choice]})
         usage = self._usage(sum(num_prompt), num_output)
         if prepared.include_usage:
@@ -292,32 +317,13 @@ class Serving:
         return {"prompt_tokens": num_prompt, "completion_tokens": num_output, "total_tokens": num_prompt + num_output}
 
 
-_TEXT_MARK = "\x01text\x01"
-
-
-def _plain_chunk(head: dict[str, Any], index: int, chat: bool) -> tuple[str, str] | None:
-    """The JSON of a choice's plain text chunk, split where its text goes; None if the split is ambiguous (a
-    model named as the mark). Splicing in the encoded text gives what encoding the whole chunk would, for
-    less: the HTTP layer's CPU per streamed token fell from 19.2 to 15.8 us (bench/http_overhead.py)."""
-    parts = encode({**head, "choices": [_choice(chat, index, _TEXT_MARK, None, None)]}).split(encode_string(_TEXT_MARK))
-    return (parts[0], parts[1]) if len(parts) == 2 else None
-
-
-def _choice(
-    chat: bool, index: int, text: str, logprobs: dict[str, Any] | None, finish_reason: str | None, role: bool = False
-) -> dict[str, Any]:
-    """One choice of a streamed chunk: a chat delta (with the role on a choice's first chunk) or a text piece."""
-    if chat:
-        delta = {"role": "assistant", "content": text} if role else {"content": text}
-        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
-    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
-
-
 def _or(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
-def _structured(req: SamplingFields) -> dict[str, Any]:
+def _structured(req: SamplingFields, plan: ToolPlan | None) -> dict[str, Any]:
+    if plan is not None and plan.json_schema is not None:
+        return {"json_schema": plan.json_schema}
     fmt = req.response_format
     if fmt is None or fmt.type == "text":
         return {}
@@ -325,34 +331,3 @@ def _structured(req: SamplingFields) -> dict[str, Any]:
         return {"json_object": True}
     assert fmt.json_schema is not None
     return {"json_schema": fmt.json_schema.schema_}
-
-
-def _chat_logprobs(logprobs: list[TokenLogprob] | None) -> dict[str, Any] | None:
-    if logprobs is None:
-        return None
-    return {
-        "content": [
-            {
-                "token": lp.token,
-                "logprob": lp.logprob,
-                "bytes": list(lp.token.encode()),
-                "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in lp.top],
-            }
-            for lp in logprobs
-        ]
-    }
-
-
-def _text_logprobs(logprobs: list[TokenLogprob] | None, offset: int) -> dict[str, Any] | None:
-    if logprobs is None:
-        return None
-    offsets = []
-    for lp in logprobs:
-        offsets.append(offset)
-        offset += len(lp.token)
-    return {
-        "tokens": [lp.token for lp in logprobs],
-        "token_logprobs": [lp.logprob for lp in logprobs],
-        "top_logprobs": [dict(lp.top) for lp in logprobs],
-        "text_offset": offsets,
-    }

@@ -62,9 +62,12 @@ async def event_stream(
     chunks: AsyncGenerator[str, None],
     on_close: Callable[[], None],
     timeout: float | None,
+    framer: Callable[[str], bytes] = frame,
+    done: bytes = DONE,
 ) -> Response:
-    """SSE of the chunks (JSON text), then [DONE]. The first chunk is awaited before the status line, so that a
-    request the engine refuses still gets its 4xx; after that, errors travel as an error event."""
+    """SSE of the chunks (JSON text, framed by `framer`), then `done` ([DONE]; b"": nothing). The first chunk is
+    awaited before the status line, so that a request the engine refuses still gets its 4xx; after that, errors
+    travel as an error event."""
     try:
         first = await until_disconnect(request, asyncio.wait_for(anext(chunks, None), timeout))
     except ClientDisconnected:
@@ -80,17 +83,18 @@ async def event_stream(
     async def events() -> AsyncIterator[bytes]:
         try:
             if first is not None:
-                yield frame(first)
+                yield framer(first)
             async with asyncio.timeout_at(deadline):
                 async for chunk in chunks:
-                    yield frame(chunk)
+                    yield framer(chunk)
         except Exception as exc:
             logger.warning("stream ended by an error: %s", exc)
-            yield frame(encode(from_engine_error(exc).body()))
+            yield framer(encode(from_engine_error(exc).body()))
         finally:
             await chunks.aclose()
             on_close()
-        yield DONE
+        if done:
+            yield done
 
     # Starlette's StreamingResponse listens for http.disconnect beside the stream and cancels it, which aborts the
     # engine request. Framing events here halved the HTTP layer's CPU per streamed token against sse-starlette.

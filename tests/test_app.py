@@ -124,6 +124,11 @@ def test_completions_list_prompt_with_n(client: TestClient) -> None:
     assert choices[3]["logprobs"]["tokens"] == ["the"]
 
 
+USER = [{"role": "user", "content": "x"}]
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+
+
 @pytest.mark.parametrize(
     "body,param",
     [
@@ -142,7 +147,35 @@ def test_completions_list_prompt_with_n(client: TestClient) -> None:
         ({"messages": "x", "max_tokens": 1000}, "max_tokens"),
         ({"messages": "x" * 100}, "messages"),
         ({"messages": "x", "typical_p": 0.95}, "typical_p"),
-        ({"messages": "x", "tools": [{"type": "function"}]}, "tools"),
+        ({"messages": "x", "tools": [{"type": "function"}]}, "tools.0.function"),
+        ({"messages": "x", "tools": [TOOL]}, "tools"),
+        (
+            {"messages": USER, "tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+            "tool_choice",
+        ),
+        ({"messages": USER, "tool_choice": "required"}, "tool_choice"),
+        ({"messages": USER, "tools": [TOOL, TOOL]}, "tools"),
+        ({"messages": USER, "tools": [{**TOOL, "function": {"name": "a b"}}]}, "tools.0.function.name"),
+        (
+            {"messages": USER, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 5}}}]},
+            "tools[0].function.parameters",
+        ),
+        ({"messages": USER, "tools": [TOOL], "response_format": {"type": "json_object"}}, "response_format"),
+        ({"messages": [*USER, {"role": "tool", "tool_call_id": "call_x", "content": "1"}]}, "messages[1].tool_call_id"),
+        (
+            {"messages": [{"role": "user", "content": "x", "tool_calls": [CALL]}]},
+            "messages[0].tool_calls",
+        ),
+        (
+            {
+                "messages": [
+                    *USER,
+                    {"role": "assistant", "tool_calls": [{**CALL, "function": {"name": "f", "arguments": "[1]"}}]},
+                ]
+            },
+            "messages[1].tool_calls",
+        ),
+        ({"messages": USER, "functions": [{"name": "f"}]}, "functions"),
         ({"messages": "x", "frobnicate": True}, "frobnicate"),
         ({"messages": "x", "stop_token_ids": [999]}, "stop_token_ids"),
         ({"messages": "x", "logprobs": False, "top_logprobs": 2}, "top_logprobs"),
@@ -267,12 +300,12 @@ async def test_client_disconnect_cancels_the_engine_request(stream: bool) -> Non
 @pytest.mark.parametrize("model", ["m", 'odd "name"\\ \x01text\x01 é', "\x01text\x01"])
 def test_plain_chunks_are_the_json_of_the_whole_chunk(chat: bool, model: str) -> None:
     # Most chunks splice their text into JSON rendered once per choice; it must be what encoding the whole chunk gives.
-    from engine_server.serving import _plain_chunk
+    from engine_server.shapes import plain_chunk
     from engine_server.streaming import encode
 
     head = {"id": "chatcmpl-1", "object": "chat.completion.chunk" if chat else "text_completion", "created": 1}
     head["model"] = model
-    template = _plain_chunk(head, 3, chat)
+    template = plain_chunk(head, 3, chat)
     if model == "\x01text\x01":  # a model named as the split mark: no template, every chunk is encoded whole
         assert template is None
         return

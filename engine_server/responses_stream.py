@@ -1,0 +1,144 @@
+"""Streamed responses: the chat chunks of a Responses request as the API's event sequence.
+
+response.created, response.in_progress; per output item: output_item.added, then for a message content_part.added,
+output_text.delta..., output_text.done, content_part.done, and for a call function_call_arguments.delta...,
+function_call_arguments.done; output_item.done; finally response.completed (or response.incomplete when cut short).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from engine_server.responses import (
+    ResponseStore,
+    Turn,
+    finish,
+    function_call_item,
+    message_item,
+    response_object,
+)
+from engine_server.streaming import encode, frame
+
+
+def named_frame(data: str) -> bytes:
+    """An event as server-sent events with its name (the event's type), as the Responses API streams them."""
+    if data.startswith('{"type":"'):
+        name = data[9 : data.index('"', 9)]
+        return b"event: " + name.encode() + b"\n" + frame(data)
+    return frame(data)  # an error body: data only
+
+
+class _Events:
+    """The output items as they grow, and the events that tell it."""
+
+    def __init__(self) -> None:
+        self.seq = itertools.count()
+        self.output: list[dict[str, Any]] = []
+        self.item: dict[str, Any] | None = None  # the item in progress
+
+    def event(self, kind: str, **fields: Any) -> str:
+        return encode({"type": kind, "sequence_number": next(self.seq), **fields})
+
+    def text(self, delta: str) -> list[str]:
+        events = (
+            [] if self.item is not None and self.item["type"] == "message" else [*self.close(), *self._open_message()]
+        )
+        assert self.item is not None
+        self.item["content"][0]["text"] += delta
+        where = {"item_id": self.item["id"], "output_index": len(self.output), "content_index": 0}
+        return [*events, self.event("response.output_text.delta", **where, delta=delta, logprobs=[])]
+
+    def call(self, call_id: str, name: str) -> list[str]:
+        events = self.close()
+        self.item = function_call_item(call_id, name, "", "in_progress")
+        return [*events, self.event("response.output_item.added", output_index=len(self.output), item=self.item)]
+
+    def arguments(self, delta: str) -> list[str]:
+        assert self.item is not None and self.item["type"] == "function_call"
+        self.item["arguments"] += delta
+        where = {"item_id": self.item["id"], "output_index": len(self.output)}
+        return [self.event("response.function_call_arguments.delta", **where, delta=delta)]
+
+    def close(self) -> list[str]:
+        item, self.item = self.item, None
+        if item is None:
+            return []
+        where = {"item_id": item["id"], "output_index": len(self.output)}
+        item["status"] = "completed"
+        if item["type"] == "message":
+            part = item["content"][0]
+            events = [
+                self.event("response.output_text.done", **where, content_index=0, text=part["text"], logprobs=[]),
+                self.event("response.content_part.done", **where, content_index=0, part=part),
+            ]
+        else:
+            args = item["arguments"]
+            events = [self.event("response.function_call_arguments.done", **where, name=item["name"], arguments=args)]
+        events.append(self.event("response.output_item.done", output_index=len(self.output), item=item))
+        self.output.append(item)
+        return events
+
+    def _open_message(self) -> list[str]:
+        self.item = message_item("", "in_progress")
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        self.item["content"] = [dict(part)]
+        where = {"item_id": self.item["id"], "output_index": len(self.output), "content_index": 0}
+        return [
+            self.event("response.output_item.added", output_index=len(self.output), item={**self.item, "content": []}),
+            self.event("response.content_part.added", **where, part=part),
+        ]
+
+
+async def response_events(
+    turn: Turn, chunks: AsyncGenerator[str, None], store: ResponseStore
+) -> AsyncGenerator[str, None]:
+    """The events of one streamed response, from the chat chunks of its request (n = 1, usage included)."""
+    events = _Events()
+    started = response_object(turn, [], "in_progress", None)
+    yield events.event("response.created", response=started)
+    yield events.event("response.in_progress", response=started)
+    usage: dict[str, int] | None = None
+    finish_reason = None
+    try:
+        async for raw in chunks:
+            chunk = json.loads(raw)
+            usage = chunk.get("usage") or usage
+            for choice in chunk["choices"]:
+                finish_reason = choice.get("finish_reason") or finish_reason
+                for event in _choice_events(events, choice["delta"]):
+                    yield event
+    finally:
+        await chunks.aclose()  # a client gone mid-stream: the engine request is aborted now, not when collected
+    if events.item is None and not events.output:
+        for event in events.text(""):
+            yield event
+    for event in events.close():
+        yield event
+    status = "incomplete" if finish_reason == "length" else "completed"
+    final = response_object(turn, events.output, status, usage)
+    finish(turn, final, _message(events.output), store)
+    yield events.event(f"response.{status}", response=final)
+
+
+def _choice_events(events: _Events, delta: dict[str, Any]) -> list[str]:
+    out: list[str] = events.text(delta["content"]) if delta.get("content") else []
+    for call in delta.get("tool_calls") or []:
+        if "id" in call:
+            out += events.call(call["id"], call["function"]["name"])
+        if call["function"].get("arguments"):
+            out += events.arguments(call["function"]["arguments"])
+    return out
+
+
+def _message(output: list[dict[str, Any]]) -> dict[str, Any]:
+    """The output items as the chat message a stored conversation keeps."""
+    text = "".join(i["content"][0]["text"] for i in output if i["type"] == "message")
+    calls = [
+        {"id": i["call_id"], "type": "function", "function": {"name": i["name"], "arguments": i["arguments"]}}
+        for i in output
+        if i["type"] == "function_call"
+    ]
+    return {"role": "assistant", "content": text or None, **({"tool_calls": calls} if calls else {})}
