@@ -131,4 +131,14 @@ class Engine(Protocol):
         """Apply the model's chat template (or the given one) and return the prompt text."""
         ...
 
+    def detokenize(self, token_ids: list[int]) -> str:
+        """The text of these ids, special tokens included; an id outside the vocabulary raises InvalidRequestError
+        (param "tokens")."""
+        ...
+
+    def token_strs(self, token_ids: list[int]) -> list[str]:
+        """Each id's own entry in the vocabulary (such as 'Ġthe'), as vLLM's /tokenize reports them; an id outside
+        the vocabulary raises InvalidRequestError (param "tokens")."""
+        ...
+
     async def shutdown(self) -> None: ...

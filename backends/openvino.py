@@ -37,10 +37,10 @@ from backends.base import (
     ModelResolver,
     StepOutput,
 )
-from backends.chat import render_chat
 from backends.openvino_request import OpenVinoRequest, merge_outputs
 from backends.openvino_sampling import check_supported, generation_config, openvino_message
 from backends.openvino_settings import PipelineSettings, settings_from_config
+from backends.tokenizer import HfTokenizerMixin
 
 if TYPE_CHECKING:
     from engine_server.config import Config
@@ -69,7 +69,7 @@ def create_engine(config: Config, resolve_model: ModelResolver) -> OpenVinoEngin
     return OpenVinoEngine(settings_from_config(config), partial(resolve_model, "openvino"))
 
 
-class OpenVinoEngine:
+class OpenVinoEngine(HfTokenizerMixin):
     backend = "openvino"
 
     def __init__(self, settings: PipelineSettings, resolve_model: Callable[[], str]) -> None:
@@ -323,17 +323,6 @@ class OpenVinoEngine:
             num_waiting=max(int(m.requests) - int(m.scheduled_requests), 0),
             kv_cache_usage=float(m.cache_usage) / 100,
         )
-
-    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
-
-    def render_chat(
-        self,
-        messages: list[dict[str, Any]],
-        chat_template: str | None = None,
-        template_kwargs: dict[str, Any] | None = None,
-    ) -> str:
-        return render_chat(self._tokenizer, messages, chat_template, template_kwargs)
 
     async def shutdown(self) -> None:
         thread, self._thread = self._thread, None

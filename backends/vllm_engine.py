@@ -23,7 +23,7 @@ from backends.base import (
     StepOutput,
     TokenLogprob,
 )
-from backends.chat import render_chat
+from backends.tokenizer import HfTokenizerMixin
 
 if TYPE_CHECKING:
     from engine_server.config import Config
@@ -59,7 +59,7 @@ def compact_json_outputs() -> Any:
     return StructuredOutputsConfig(backend="guidance", disable_any_whitespace=True)
 
 
-class VllmEngine:
+class VllmEngine(HfTokenizerMixin):
     def __init__(
         self,
         backend: str,
@@ -212,17 +212,6 @@ class VllmEngine:
             num_waiting=min(waiting, unfinished),
             kv_cache_usage=s.kv_cache_usage if s is not None else 0.0,
         )
-
-    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
-
-    def render_chat(
-        self,
-        messages: list[dict[str, Any]],
-        chat_template: str | None = None,
-        template_kwargs: dict[str, Any] | None = None,
-    ) -> str:
-        return render_chat(self._tokenizer, messages, chat_template, template_kwargs)
 
     async def shutdown(self) -> None:
         if self._llm is not None:

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from backends.base import CompletionDelta, EngineStats, GenerateRequest, ModelInfo, StepOutput
-from backends.vllm_engine import render_chat
+from backends.chat import render_chat
 
 VARIANTS = ("as-is", "no-access-log", "no-tokenizer", "floor")
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu", "nu"]

@@ -6,6 +6,7 @@ from functools import cache
 from typing import Any
 
 from engine_server.protocol import ChatCompletionRequest, CompletionRequest
+from engine_server.tokens import DetokenizeRequest, TokenizeChatRequest, TokenizeCompletionRequest
 
 ERROR = {
     "type": "object",
@@ -53,19 +54,43 @@ def _post(summary: str, model: str) -> dict[str, Any]:
     return {
         "post": {
             "summary": summary,
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}},
-            },
+            "requestBody": _body(_ref(model)),
             "responses": {**ok, **_error_responses(400, 401, 404, 413, 429, 503, 504)},
         }
     }
 
 
+def _post_json(summary: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A route answering one JSON object, without admission (no 429) or a timeout (no 504)."""
+    ok = {"200": {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}}
+    return {
+        "post": {
+            "summary": summary,
+            "requestBody": _body(body),
+            "responses": {**ok, **_error_responses(400, 401, 404, 413, 503)},
+        }
+    }
+
+
+def _ref(model: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{model}"}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
 @cache
 def openapi_schema(version: str) -> dict[str, Any]:
     schemas: dict[str, Any] = {"Error": ERROR}
-    for model in (ChatCompletionRequest, CompletionRequest):
+    models = (
+        ChatCompletionRequest,
+        CompletionRequest,
+        TokenizeCompletionRequest,
+        TokenizeChatRequest,
+        DetokenizeRequest,
+    )
+    for model in models:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
@@ -81,6 +106,11 @@ def openapi_schema(version: str) -> dict[str, Any]:
                 "Chat completion (messages as a list) or raw prompt (a string)", "ChatCompletionRequest"
             ),
             "/v1/completions": _post("Text completion", "CompletionRequest"),
+            "/tokenize": _post_json(
+                "Token ids of a prompt, or of messages as the chat template renders them (vLLM's shapes)",
+                {"oneOf": [_ref("TokenizeCompletionRequest"), _ref("TokenizeChatRequest")]},
+            ),
+            "/detokenize": _post_json("The text of token ids (vLLM's shapes)", _ref("DetokenizeRequest")),
         },
         "components": {"schemas": schemas},
     }

@@ -17,6 +17,9 @@ from backends.base import (
     TokenLogprob,
 )
 
+# One id per Latin-1 character; id 1 doubles as BOS.
+VOCAB_SIZE = 256
+BOS_ID, BOS = 1, "<s>"
 REPLY = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog"]
 
 
@@ -95,7 +98,16 @@ class FakeEngine:
         return EngineStats(num_running=len(self.running), num_waiting=0)
 
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return ([1] if add_special_tokens else []) + [ord(c) % 256 for c in text]
+        return ([BOS_ID] if add_special_tokens else []) + [ord(c) % VOCAB_SIZE for c in text]
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        return "".join(self.token_strs(token_ids))
+
+    def token_strs(self, token_ids: list[int]) -> list[str]:
+        bad = [t for t in token_ids if not 0 <= t < VOCAB_SIZE]
+        if bad:
+            raise InvalidRequestError(f"token id {bad[0]} is out of vocabulary", param="tokens")
+        return [BOS if t == BOS_ID else chr(t) for t in token_ids]
 
     def render_chat(
         self,
