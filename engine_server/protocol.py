@@ -50,6 +50,12 @@ class ChatMessage(Strict):
     name: str | None = None
     tool_call_id: str | None = None
     tool_calls: list[MessageToolCall] | None = None
+    # What OpenAI's own assistant messages carry, sent back as they came in a conversation: output metadata that
+    # says nothing to the model (a refusal's text is the message's text).
+    refusal: str | None = None
+    annotations: list[Any] | None = None
+    audio: None = None
+    function_call: None = None
 
     def text(self) -> str:
         if self.content is None:

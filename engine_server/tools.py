@@ -122,6 +122,10 @@ def _calls_schema(schemas: dict[str, dict[str, Any]], req: ChatCompletionRequest
 
 def _template_message(m: dict[str, Any]) -> dict[str, Any]:
     """A message as chat templates take it: text content, and call arguments as objects (Hugging Face's form)."""
+    m.pop("annotations", None)
+    if m.get("refusal") and not m.get("content"):
+        m["content"] = m["refusal"]
+    m.pop("refusal", None)
     if isinstance(m.get("content"), list):
         m["content"] = "\n".join(part["text"] for part in m["content"])
     if m.get("tool_calls"):

@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import openai
 import pytest
 
 from engine_server import builtin_models
 from tests.conftest import ROOT, LiveServer, backend_python, start_server, stop, wait_healthy
 from tests.test_e2e import SEED_CURL_BODIES
+from tests.test_library import readme_example
 
 NAME = "smollm2-135m-instruct"
 GREEDY: dict[str, Any] = {"temperature": 0, "max_tokens": 48}
@@ -99,6 +101,38 @@ def test_a_conversation_with_a_system_message_keeps_its_roles(
         f"{default_server.base_url}/v1/completions", json={"prompt": rendered, "max_tokens": 1}, timeout=60
     ).json()
     assert r.usage is not None and r.usage.prompt_tokens == raw["usage"]["prompt_tokens"]
+
+
+def run_readme_example(name: str, server: LiveServer, capsys: pytest.CaptureFixture[str]) -> tuple[dict[str, Any], str]:
+    """A README example run as written against the server: its variables, and what it printed."""
+    code = readme_example(name)
+    assert "http://localhost:9000/v1" in code
+    namespace: dict[str, Any] = {}
+    exec(code.replace("http://localhost:9000/v1", f"{server.base_url}/v1"), namespace)
+    return namespace, capsys.readouterr().out
+
+
+def test_readme_tool_call_example_calls_the_weather_tool(
+    default_server: LiveServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    names, printed = run_readme_example("tools", default_server, capsys)
+    call = names["call"]
+    assert call.function.name == "get_weather" and call.id.startswith("call_")
+    arguments = json.loads(call.function.arguments)
+    jsonschema.validate(arguments, names["weather"]["function"]["parameters"])
+    assert arguments["city"] == "Paris", arguments  # greedy: the model fills in the city it was asked about
+    assert names["reply"].choices[0].finish_reason == "tool_calls"
+    assert printed.startswith(f"get_weather {call.function.arguments}\n")
+    assert names["final"].choices[0].message.content  # the tool's result turn is answered
+
+
+def test_readme_responses_example_continues_the_conversation(
+    default_server: LiveServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    names, _ = run_readme_example("responses", default_server, capsys)
+    assert "Paris" in names["response"].output_text
+    assert "Rome" in names["follow_up"].output_text, names["follow_up"].output_text
+    assert names["follow_up"].previous_response_id == names["response"].id
 
 
 def test_both_backends_tokenize_alike(tmp_path: Path) -> None:
