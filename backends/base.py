@@ -101,6 +101,12 @@ class EngineStats:
     num_running: int
     num_waiting: int
     kv_cache_usage: float = 0.0  # fraction of the KV cache in use, 0..1
+    # The KV cache's layout, once the engine knows it (0 until then): tokens per block, and blocks in the cache.
+    block_size: int = 0
+    num_blocks: int = 0
+    # Prompt tokens looked up in the prefix cache since start, and those found there; None: not counted by the engine.
+    prefix_cache_queries: int | None = None
+    prefix_cache_hits: int | None = None
 
 
 class Engine(Protocol):

@@ -21,7 +21,6 @@ import queue
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +36,7 @@ from backends.base import (
     ModelResolver,
     StepOutput,
 )
+from backends.openvino_cache import KvCacheReport, engine_stats, kv_cache_report
 from backends.openvino_request import OpenVinoRequest, merge_outputs
 from backends.openvino_sampling import check_supported, generation_config, openvino_message
 from backends.openvino_settings import PipelineSettings, settings_from_config
@@ -54,15 +54,6 @@ SWITCH_INTERVAL_S = 0.0005
 # at 8 gemma-3 streams TTFT fell by 40% and throughput rose 5-10%. A step with few outputs leaves the loop little
 # to do, and does not wait: at one stream, runs with and without waiting differed by less than their noise.
 WAIT_FOR_LOOP_FROM = 4
-
-
-@dataclass(frozen=True)
-class KvCacheReport:
-    """The KV cache as the pipeline reports it (not as configured): measured with a one-block request at start."""
-
-    size_bytes: int
-    num_blocks: int
-    block_bytes: int
 
 
 def create_engine(config: Config, resolve_model: ModelResolver) -> OpenVinoEngine:
@@ -147,9 +138,7 @@ class OpenVinoEngine(HfTokenizerMixin):
         del handle
         self._pipe.step()  # a step with no requests resets the metrics to idle
         self._metrics = self._pipe.get_metrics()
-        size = int(m.kv_cache_size_in_bytes) if m is not None else 0
-        num_blocks = round(100 / m.cache_usage) if m is not None and m.cache_usage > 0 else 0
-        return KvCacheReport(size, num_blocks, size // num_blocks if num_blocks else 0)
+        return kv_cache_report(m, self.settings.device)
 
     # -- the stepping thread ---------------------------------------------------------------------------------------
 
@@ -315,14 +304,7 @@ class OpenVinoEngine(HfTokenizerMixin):
             raise EngineDeadError("the OpenVINO stepping thread stopped")
 
     def stats(self) -> EngineStats:
-        m = self._metrics
-        if m is None:
-            return EngineStats(num_running=0, num_waiting=0)
-        return EngineStats(
-            num_running=int(m.scheduled_requests),
-            num_waiting=max(int(m.requests) - int(m.scheduled_requests), 0),
-            kv_cache_usage=float(m.cache_usage) / 100,
-        )
+        return engine_stats(self._metrics, self.kv_cache)
 
     async def shutdown(self) -> None:
         thread, self._thread = self._thread, None

@@ -74,6 +74,8 @@ class VllmEngine(HfTokenizerMixin):
         self._llm: Any = None
         self._tokenizer: Any = None
         self._scheduler_stats: Any = None
+        self._prefix_cache_queries = 0  # prompt tokens looked up since start, as vLLM's own counters count them
+        self._prefix_cache_hits = 0
 
     async def start(self) -> ModelInfo:
         # vLLM reads its settings from the environment of this process and of the engine-core child it spawns.
@@ -107,6 +109,9 @@ class VllmEngine(HfTokenizerMixin):
             def record(self, scheduler_stats: Any, iteration_stats: Any, *args: Any, **kwargs: Any) -> None:
                 if scheduler_stats is not None:
                     engine._scheduler_stats = scheduler_stats
+                    # Each report holds the lookups since the previous one.
+                    engine._prefix_cache_queries += scheduler_stats.prefix_cache_stats.queries
+                    engine._prefix_cache_hits += scheduler_stats.prefix_cache_stats.hits
 
             def log_engine_initialized(self) -> None:
                 pass
@@ -207,10 +212,15 @@ class VllmEngine(HfTokenizerMixin):
         s = self._scheduler_stats
         unfinished = self._llm.get_num_unfinished_requests()
         waiting = s.num_waiting_reqs if s is not None else 0
+        cache = self._llm.vllm_config.cache_config  # num_gpu_blocks: as the engine core sized it at start
         return EngineStats(
             num_running=max(unfinished - waiting, 0) if unfinished else 0,
             num_waiting=min(waiting, unfinished),
             kv_cache_usage=s.kv_cache_usage if s is not None else 0.0,
+            block_size=cache.block_size or 0,
+            num_blocks=cache.num_gpu_blocks or 0,
+            prefix_cache_queries=self._prefix_cache_queries,
+            prefix_cache_hits=self._prefix_cache_hits,
         )
 
     async def shutdown(self) -> None:
