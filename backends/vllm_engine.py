@@ -129,7 +129,10 @@ class VllmEngine(HfTokenizerMixin):
         from vllm.inputs import tokens_input
         from vllm.v1.engine.exceptions import EngineDeadError as VllmDeadError
 
-        params = self._sampling_params(request.sampling)
+        try:
+            params = self._sampling_params(request.sampling)
+        except (VLLMClientError, ValueError) as exc:  # e.g. n > 1 with greedy sampling
+            raise InvalidRequestError(str(exc)) from exc
         # Already tokenized and length-checked: an engine input skips vLLM's renderer.
         prompt = tokens_input(request.prompt_token_ids)
         try:

@@ -6,6 +6,7 @@ from functools import cache
 from typing import Any
 
 from engine_server.protocol import ChatCompletionRequest, CompletionRequest
+from engine_server.responses import ResponsesRequest
 from engine_server.tokens import DetokenizeRequest, TokenizeChatRequest, TokenizeCompletionRequest
 
 ERROR = {
@@ -72,6 +73,17 @@ def _post_json(summary: str, body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _stored() -> dict[str, Any]:
+    param = {"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    ok = {"200": {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}}
+    responses = {**ok, **_error_responses(401, 404, 503)}
+    return {
+        "parameters": [param],
+        "get": {"summary": "A stored response", "responses": responses},
+        "delete": {"summary": "Delete a stored response", "responses": responses},
+    }
+
+
 def _ref(model: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{model}"}
 
@@ -89,6 +101,7 @@ def openapi_schema(version: str) -> dict[str, Any]:
         TokenizeCompletionRequest,
         TokenizeChatRequest,
         DetokenizeRequest,
+        ResponsesRequest,
     )
     for model in models:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -111,6 +124,8 @@ def openapi_schema(version: str) -> dict[str, Any]:
                 {"oneOf": [_ref("TokenizeCompletionRequest"), _ref("TokenizeChatRequest")]},
             ),
             "/detokenize": _post_json("The text of token ids (vLLM's shapes)", _ref("DetokenizeRequest")),
+            "/v1/responses": _post("A response (the Responses API), stored unless store is false", "ResponsesRequest"),
+            "/v1/responses/{response_id}": _stored(),
         },
         "components": {"schemas": schemas},
     }

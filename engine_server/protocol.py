@@ -159,6 +159,8 @@ class SamplingFields(Strict):
             raise FieldError(
                 "function_call", "function_call (deprecated by OpenAI) is not supported: send 'tool_choice'"
             )
+        if self.n > 1 and self.temperature == 0:
+            raise FieldError("n", "n > 1 needs sampling: with temperature 0 every choice would be the same text")
         if self.best_of not in (None, self.n):
             raise FieldError("best_of", "best_of is not supported by this server; use n")
         if self.stop_token_ids and len(self.stop_token_ids) > 64:

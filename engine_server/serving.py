@@ -164,7 +164,8 @@ class Serving:
     # -- running ---------------------------------------------------------------------------------------------
 
     async def steps(self, prepared: Prepared) -> AsyncIterator[tuple[int, StepOutput]]:
-        """Engine outputs of all the request's prompts as they come, timed for the latency histograms."""
+        """Engine outputs of all the request's prompts as they come, timed for the latency histograms and counted
+        by finish reason when they end."""
         last = [0.0] * len(prepared.requests)
         async for i, step in self._merged_steps(prepared):
             now = time.monotonic()
@@ -174,6 +175,9 @@ class Serving:
                 else:
                     self.metrics.time_to_first_token.observe(now - prepared.arrival)
                 last[i] = now
+            for d in step.deltas:  # each sequence ends once, with its reason (a client gone first: none)
+                if d.finish_reason is not None:
+                    self.metrics.record_finish(d.finish_reason, now - prepared.arrival)
             yield i, step
 
     async def _merged_steps(self, prepared: Prepared) -> AsyncIterator[tuple[int, StepOutput]]:

@@ -143,6 +143,7 @@ CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments
         ({"messages": "x", "temperature": -1}, "temperature"),
         ({"messages": "x", "top_p": 0}, "top_p"),
         ({"messages": "x", "n": 0}, "n"),
+        ({"messages": "x", "n": 2, "temperature": 0}, "n"),
         ({"messages": "x", "max_tokens": 0}, "max_tokens"),
         ({"messages": "x", "max_tokens": 1000}, "max_tokens"),
         ({"messages": "x" * 100}, "messages"),

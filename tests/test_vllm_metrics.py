@@ -224,7 +224,6 @@ def test_the_running_gauge_counts_a_stream_in_flight(server: LiveServer) -> None
         time.sleep(0.05)
 
 
-@pytest.mark.xfail(reason="serving does not call Metrics.record_finish yet", strict=True)
 def test_finished_requests_count_by_reason_with_their_latency(server: LiveServer) -> None:
     before = scrape(server)
     complete(server, "Hello", 3)  # ends at max_tokens: "length"
