@@ -135,6 +135,44 @@ def test_readme_responses_example_continues_the_conversation(
     assert names["follow_up"].previous_response_id == names["response"].id
 
 
+@pytest.mark.parametrize("api", ["responses", "chat"])
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_an_openai_agents_sdk_agent_calls_its_tool(default_server: LiveServer, api: str, streamed: bool) -> None:
+    """An agent of the openai Agents SDK, unchanged, on either API: it calls its function tool, then answers."""
+    import agents
+
+    calls: list[str] = []
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """The current weather in a city."""
+        calls.append(city)
+        return f"It is sunny and 18 degrees in {city}."
+
+    client = openai.AsyncOpenAI(base_url=f"{default_server.base_url}/v1", api_key="unused", max_retries=0)
+    kind = agents.OpenAIResponsesModel if api == "responses" else agents.OpenAIChatCompletionsModel
+    agent = agents.Agent(
+        name="weather",
+        instructions="Answer with the weather tool.",
+        tools=[get_weather],
+        model=kind(NAME, client),
+        model_settings=agents.ModelSettings(tool_choice="required", temperature=0),
+        reset_tool_choice=True,  # after the call, the model may answer in text
+    )
+    agents.set_tracing_disabled(True)
+    question = "What is the weather in Paris?"
+    if streamed:
+        run = agents.Runner.run_streamed(agent, question, max_turns=3)
+        async for _ in run.stream_events():
+            pass
+        final = run.final_output
+    else:
+        final = (await agents.Runner.run(agent, question, max_turns=3)).final_output
+    await client.close()
+    assert calls == ["Paris"]  # one call, with arguments the SDK parsed against the tool's signature
+    assert isinstance(final, str) and final.strip()
+
+
 def test_both_backends_tokenize_alike(tmp_path: Path) -> None:
     """The cpu backend's tokenizer (transformers 5, .venv) and the openvino backend's (transformers 4 and the
     OpenVINO tokenizer its export converts, .venv-openvino) give the same ids for the same text."""
