@@ -173,7 +173,7 @@ class ChoiceTools:
 
     def __init__(self, plan: ToolPlan) -> None:
         self.plan = plan
-        self.parser = None if plan.mode == "named" else StreamParser(plan.fmt, plan.names)
+        self.parser = None if plan.mode == "named" else _parser(plan.fmt, plan.names)
         self.calls: list[dict[str, Any]] = []  # as the message carries them: id, type, function
 
     def feed(self, text: str) -> list[dict[str, Any]]:
@@ -228,6 +228,35 @@ class ChoiceTools:
         self.calls.append(call)
         head = {"index": len(self.calls) - 1, "id": call["id"], "type": "function"}
         return {"tool_calls": [{**head, "function": {"name": name, "arguments": ""}}]}
+
+
+class _TagsOrJson:
+    """Hermes tags, or a bare JSON call (or array of them) for an output that starts as JSON: small models often
+    drop the tags. Which one is decided by the output's first non-blank character."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        self.held = ""
+        self.parser: StreamParser | None = None
+
+    def feed(self, text: str) -> list[Content | Call]:
+        if self.parser is None:
+            self.held += text
+            start = self.held.lstrip()
+            if not start:
+                return []
+            self.parser = StreamParser("json" if start[0] in "{[`" else "hermes", self.names)
+            text, self.held = self.held, ""
+        return self.parser.feed(text)
+
+    def finish(self) -> list[Content | Call]:
+        if self.parser is None:
+            return [Content(self.held)] if self.held else []
+        return self.parser.finish()
+
+
+def _parser(fmt: str, names: tuple[str, ...]) -> StreamParser | _TagsOrJson:
+    return _TagsOrJson(names) if fmt == "hermes" else StreamParser(fmt, names)
 
 
 def _meets_strict(call: ToolCall, strict: dict[str, dict[str, Any]]) -> bool:

@@ -189,3 +189,20 @@ def test_none_reads_no_calls(stream: bool) -> None:
     for client in scripted_client(CALL):
         content, calls, finish = chat(client, stream, tool_choice="none")
         assert calls == [] and finish == "stop" and content == CALL
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    "text,cities,content",
+    [
+        ('{"name": "get_weather", "arguments": {"city": "Oslo"}}', ["Oslo"], None),
+        ('[{"name": "get_weather", "arguments": {"city": "Oslo"}}]', ["Oslo"], None),
+        ('```json\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n```', ["Oslo"], None),
+        ('{"city": "Oslo"} is what I would send.', [], '{"city": "Oslo"} is what I would send.'),
+    ],
+)
+def test_auto_reads_a_bare_json_call_without_tags(stream: bool, text: str, cities: list[str], content: Any) -> None:
+    for client in scripted_client(text):
+        got, calls, finish = chat(client, stream)
+        assert [json.loads(c["function"]["arguments"])["city"] for c in calls] == cities
+        assert got == content and finish == ("tool_calls" if cities else "stop")
