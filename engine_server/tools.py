@@ -21,7 +21,7 @@ from engine_server.tool_parsers import Call, Content, StreamParser, ToolCall, de
 Render = Callable[[list[dict[str, Any]], dict[str, Any]], str]
 
 # Templates that ignore `tools` (most small models' templates) get the tools in a system prompt instead, and their
-# calls are read in the Hermes format it asks for. Tool results become user turns, as Hermes templates render them.
+# calls are read in the Hermes format it asks for. Tool results become user turns.
 FALLBACK_PROMPT = """You can call these functions, described by their JSON schemas:
 <tools>
 {tools}
@@ -141,8 +141,10 @@ def _has_tool_turns(messages: list[dict[str, Any]]) -> bool:
 
 
 def _fallback_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Calls and their results as text, for templates that know no tool turns."""
+    """Calls and their results as text, for templates that know no tool turns. A result is a user turn saying which
+    function returned it: small models answer from that, where they copy a <tool_response> block as it is."""
     out = []
+    names = {c["id"]: c["function"]["name"] for m in messages for c in m.get("tool_calls") or []}
     for m in messages:
         if m.get("tool_calls"):
             blocks = [
@@ -152,7 +154,8 @@ def _fallback_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             text = "\n".join(([m["content"]] if m.get("content") else []) + blocks)
             out.append({"role": "assistant", "content": text})
         elif m["role"] == "tool":
-            out.append({"role": "user", "content": f"<tool_response>\n{m.get('content', '')}\n</tool_response>"})
+            name = names.get(m.get("tool_call_id", ""), "the function")
+            out.append({"role": "user", "content": f"The function {name} returned: {m.get('content', '')}"})
         else:
             out.append(m)
     return out

@@ -86,7 +86,7 @@ def test_a_template_that_ignores_tools_gets_them_in_a_system_prompt_and_the_turn
     assert messages[0]["content"].startswith("Be kind.\n\nYou can call these functions")
     assert '"name": "get_weather"' in messages[0]["content"] and "<tool_call>" in messages[0]["content"]
     assert messages[2]["content"] == '<tool_call>\n{"name": "now", "arguments": {}}\n</tool_call>'
-    assert messages[3]["content"] == "<tool_response>\nnoon\n</tool_response>"
+    assert messages[3]["content"] == "The function now returned: noon"
 
 
 def test_required_and_named_hold_the_engine_to_a_schema() -> None:
