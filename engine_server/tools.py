@@ -21,7 +21,9 @@ from engine_server.tool_parsers import Call, Content, StreamParser, ToolCall, de
 Render = Callable[[list[dict[str, Any]], dict[str, Any]], str]
 
 # Templates that ignore `tools` (most small models' templates) get the tools in a system prompt instead, and their
-# calls are read in the Hermes format it asks for. Tool results become user turns.
+# calls are read in the Hermes format it asks for. Tool results become user turns, as Hermes templates render them;
+# small models often begin their answer by copying the result's tags, which are dropped from the content.
+RESPONSE_TAGS = ("<tool_response>", "</tool_response>")
 FALLBACK_PROMPT = """You can call these functions, described by their JSON schemas:
 <tools>
 {tools}
@@ -141,10 +143,9 @@ def _has_tool_turns(messages: list[dict[str, Any]]) -> bool:
 
 
 def _fallback_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Calls and their results as text, for templates that know no tool turns. A result is a user turn saying which
-    function returned it: small models answer from that, where they copy a <tool_response> block as it is."""
+    """Calls and their results as text, for templates that know no tool turns, in the Hermes form the fallback
+    prompt teaches."""
     out = []
-    names = {c["id"]: c["function"]["name"] for m in messages for c in m.get("tool_calls") or []}
     for m in messages:
         if m.get("tool_calls"):
             blocks = [
@@ -154,8 +155,7 @@ def _fallback_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             text = "\n".join(([m["content"]] if m.get("content") else []) + blocks)
             out.append({"role": "assistant", "content": text})
         elif m["role"] == "tool":
-            name = names.get(m.get("tool_call_id", ""), "the function")
-            out.append({"role": "user", "content": f"The function {name} returned: {m.get('content', '')}"})
+            out.append({"role": "user", "content": f"{RESPONSE_TAGS[0]}\n{m.get('content', '')}\n{RESPONSE_TAGS[1]}"})
         else:
             out.append(m)
     return out
@@ -177,6 +177,7 @@ class ChoiceTools:
     def __init__(self, plan: ToolPlan) -> None:
         self.plan = plan
         self.parser = None if plan.mode == "named" else _parser(plan.fmt, plan.names)
+        self.tags = _DropTags(RESPONSE_TAGS)
         self.calls: list[dict[str, Any]] = []  # as the message carries them: id, type, function
 
     def feed(self, text: str) -> list[dict[str, Any]]:
@@ -189,7 +190,11 @@ class ChoiceTools:
         return [*deltas, {"tool_calls": [{"index": 0, "function": {"arguments": text}}]}]
 
     def finish(self) -> list[dict[str, Any]]:
-        return self._deltas(self.parser.finish()) if self.parser is not None else []
+        if self.parser is None:
+            return []
+        deltas = self._deltas(self.parser.finish())
+        rest = self.tags.finish()
+        return [*deltas, {"content": rest}] if rest and self.plan.mode != "required" else deltas
 
     def finish_reason(self, reason: str | None) -> str | None:
         return "tool_calls" if self.calls and reason == "stop" else reason
@@ -212,9 +217,10 @@ class ChoiceTools:
         deltas: list[dict[str, Any]] = []
         for event in events:
             if isinstance(event, Content):
+                text = self.tags.feed(event.text)
                 # required: the output is held to a JSON array of calls; what is left of one cut short is no text
-                if event.text and self.plan.mode != "required":
-                    deltas.append({"content": event.text})
+                if text and self.plan.mode != "required":
+                    deltas.append({"content": text})
             elif self.calls and not self.plan.parallel:
                 continue  # parallel_tool_calls false: the first call only
             elif not _meets_strict(event.call, self.plan.strict):
@@ -256,6 +262,27 @@ class _TagsOrJson:
         if self.parser is None:
             return [Content(self.held)] if self.held else []
         return self.parser.finish()
+
+
+class _DropTags:
+    """Content with the given tags taken out, a tag split across pieces included."""
+
+    def __init__(self, tags: tuple[str, ...]) -> None:
+        self.tags = tags
+        self.held = ""
+
+    def feed(self, text: str) -> str:
+        text = self.held + text
+        # Hold back a tail that may be the start of a tag, or a whole one whose newline may follow.
+        keep = max((k for tag in self.tags for k in range(1, len(tag) + 1) if text.endswith(tag[:k])), default=0)
+        text, self.held = text[: len(text) - keep], text[len(text) - keep :]
+        for tag in self.tags:
+            text = text.replace(tag + "\n", "").replace(tag, "")
+        return text
+
+    def finish(self) -> str:
+        held, self.held = self.held, ""
+        return "" if held in self.tags else held
 
 
 def _parser(fmt: str, names: tuple[str, ...]) -> StreamParser | _TagsOrJson:

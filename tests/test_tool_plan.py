@@ -86,7 +86,7 @@ def test_a_template_that_ignores_tools_gets_them_in_a_system_prompt_and_the_turn
     assert messages[0]["content"].startswith("Be kind.\n\nYou can call these functions")
     assert '"name": "get_weather"' in messages[0]["content"] and "<tool_call>" in messages[0]["content"]
     assert messages[2]["content"] == '<tool_call>\n{"name": "now", "arguments": {}}\n</tool_call>'
-    assert messages[3]["content"] == "The function now returned: noon"
+    assert messages[3]["content"] == "<tool_response>\nnoon\n</tool_response>"
 
 
 def test_required_and_named_hold_the_engine_to_a_schema() -> None:
@@ -206,3 +206,11 @@ def test_auto_reads_a_bare_json_call_without_tags(stream: bool, text: str, citie
         got, calls, finish = chat(client, stream)
         assert [json.loads(c["function"]["arguments"])["city"] for c in calls] == cities
         assert got == content and finish == ("tool_calls" if cities else "stop")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_copied_tool_response_tags_stay_out_of_the_answer(stream: bool) -> None:
+    for client in scripted_client("<tool_response>\nIt is sunny in Paris.\n</tool_response> Enjoy <b>it</b> <tool_"):
+        content, calls, finish = chat(client, stream)
+        assert calls == [] and finish == "stop"
+        assert content == "It is sunny in Paris.\n Enjoy <b>it</b> <tool_"
