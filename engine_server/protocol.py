@@ -223,6 +223,8 @@ def check_tools(req: ChatCompletionRequest) -> None:
     for i, tool in enumerate(tools):
         if tool.function.parameters is not None:
             problem = schema_problem(tool.function.parameters)
+            if tool.function.parameters.get("type", "object") != "object":
+                problem = "a function's parameters are an object: its schema's type must be 'object'"
             if problem:
                 raise FieldError(f"tools[{i}].function.parameters", f"not a valid JSON schema: {problem}")
     choice = req.tool_choice

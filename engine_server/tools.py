@@ -76,7 +76,7 @@ def plan_chat(
     if not tools or choice == "none":
         return messages, kwargs, None
     names = tuple(t["function"]["name"] for t in tools)
-    schemas = {t["function"]["name"]: t["function"].get("parameters") or EMPTY_OBJECT for t in tools}
+    schemas = {t["function"]["name"]: _object_schema(t["function"].get("parameters")) for t in tools}
     if isinstance(choice, NamedToolChoice):
         name = choice.function.name
         plan = ToolPlan("named", "", (name,), False, json_schema=schemas[name])
@@ -106,6 +106,13 @@ def probe_template(render: Render) -> str | None:
     except Exception:  # a template that fails on tools cannot be given them
         return None
     return None if plain == with_tools else detect_format(with_tools)
+
+
+def _object_schema(parameters: dict[str, Any] | None) -> dict[str, Any]:
+    """A function's parameters as the schema its arguments are held to: always an object."""
+    if not parameters:
+        return EMPTY_OBJECT
+    return parameters if "type" in parameters else {"type": "object", **parameters}
 
 
 def _calls_schema(schemas: dict[str, dict[str, Any]], req: ChatCompletionRequest) -> dict[str, Any]:

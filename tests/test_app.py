@@ -162,6 +162,13 @@ CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments
             "tools[0].function.parameters",
         ),
         ({"messages": USER, "tools": [TOOL], "response_format": {"type": "json_object"}}, "response_format"),
+        (
+            {
+                "messages": USER,
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}],
+            },
+            "tools[0].function.parameters",
+        ),
         ({"messages": [*USER, {"role": "tool", "tool_call_id": "call_x", "content": "1"}]}, "messages[1].tool_call_id"),
         (
             {"messages": [{"role": "user", "content": "x", "tool_calls": [CALL]}]},
