@@ -166,8 +166,13 @@ def to_chat(req: ResponsesRequest, store: ResponseStore, model: str) -> Turn:
         "user": req.user,
     }
     if req.tools:
+        # A Responses function tool is strict unless it says otherwise (a chat tool is not).
         body["tools"] = [
-            {"type": "function", "function": t.model_dump(exclude={"type"}, exclude_none=True)} for t in req.tools
+            {
+                "type": "function",
+                "function": {**t.model_dump(exclude={"type"}, exclude_none=True), "strict": t.strict is not False},
+            }
+            for t in req.tools
         ]
     if req.tool_choice is not None:
         choice = req.tool_choice
@@ -269,7 +274,7 @@ def response_object(
         "temperature": req.temperature if req.temperature is not None else 1.0,
         "text": {"format": fmt.model_dump(by_alias=True, exclude_none=True)},
         "tool_choice": choice if isinstance(choice, str) else choice.model_dump(),
-        "tools": [t.model_dump(exclude_none=True) for t in req.tools or []],
+        "tools": [{**t.model_dump(exclude_none=True), "strict": t.strict is not False} for t in req.tools or []],
         "top_p": req.top_p if req.top_p is not None else 1.0,
         "truncation": "disabled",
         "usage": _usage(usage) if usage is not None else None,
