@@ -37,6 +37,8 @@ def select_backend(config: Config, has_module: Callable[[str], bool] = has_modul
     cards = hpu.find_devices()
     if cards and has_module("vllm_gaudi"):
         return Selection("hpu", f"hw_mode auto: {len(cards)} Gaudi card(s) and the vLLM Gaudi plugin are present")
+    if config.nnodes > 1:
+        return Selection("cpu", "hw_mode auto: no Gaudi card, and a model across hosts (nnodes > 1) runs on vLLM CPU")
     if has_module("openvino_genai"):
         return Selection(
             "openvino",
@@ -65,3 +67,16 @@ def create_engine(config: Config, resolve_model: ModelResolver, hw_mode: str | N
         openvino_settings.check_available(config)
         return openvino.create_engine(config, resolve_model)
     raise BackendUnavailableError(f"hw_mode {hw_mode!r} is not available in this build")
+
+
+def run_headless(config: Config, resolve_model: ModelResolver) -> int:
+    """Run this host's workers for the engine on node 0 (config.headless) until stopped; returns the exit status.
+    Only vLLM spans hosts: the configuration refuses openvino with nnodes > 1, and auto picks hpu or cpu there."""
+    if select_backend(config).hw_mode == "hpu":
+        from backends import hpu
+
+        hpu.check_available(config)
+        return hpu.create_engine(config, resolve_model).run_headless()
+    from backends import vllm_cpu
+
+    return vllm_cpu.create_engine(config, resolve_model).run_headless()

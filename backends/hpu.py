@@ -92,7 +92,8 @@ def check_available(
 
     problems = []
     devices = find_devices(dev)
-    needed = world_size(config) if config is not None else 1
+    # With --nnodes every host runs an equal share of the workers, one card each.
+    needed = world_size(config) // config.nnodes if config is not None else 1
     if config is not None and config.distributed_executor_backend == "ray":
         needed = 1  # the other cards may be on other hosts of the Ray cluster
     if not devices:
@@ -102,8 +103,8 @@ def check_available(
         )
     elif len(devices) < needed:
         problems.append(
-            f"parallel_number x pipeline_parallel_size = {needed} cards are needed but this host has "
-            f"{len(devices)}; to span hosts use --distributed-executor-backend ray (docs/gaudi.md)"
+            f"{needed} cards are needed on this host (parallel_number x pipeline_parallel_size / nnodes) but it "
+            f"has {len(devices)}; to span hosts use --nnodes or --distributed-executor-backend ray (docs/gaudi.md)"
         )
     if not has_module("vllm_gaudi"):
         problems.append(

@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("engine_server.vllm")
 
 DEFAULT_KV_CACHE_GIB = 4.0
+# Pipeline stages on vLLM CPU run eagerly after one Dynamo trace (compilation mode 2, DYNAMO_TRACE_ONCE, with the
+# eager backend: no C++ compiler needed). Plain eager mode skips the warm-up run that sizes the buffers in which a
+# stage receives the previous stage's activations, so its first request fails (vLLM 0.32).
+PIPELINE_EAGER = {"mode": 2, "backend": "eager"}
 
 
 def resolve_dtype(dtype: str, native_bf16: bool, amx_refusal: str | None = None) -> str:
@@ -43,11 +47,20 @@ def resolve_dtype(dtype: str, native_bf16: bool, amx_refusal: str | None = None)
 
 
 def engine_args(config: Config, native_bf16: bool, amx_refusal: str | None = None) -> dict[str, Any]:
-    return shared_engine_args(
-        config,
-        dtype=resolve_dtype(config.dtype, native_bf16, amx_refusal),
-        enforce_eager=True if config.enforce_eager is None else config.enforce_eager,
-    )
+    from backends import BackendUnavailableError
+
+    dtype = resolve_dtype(config.dtype, native_bf16, amx_refusal)
+    if config.pipeline_parallel_size == 1:
+        return shared_engine_args(config, dtype=dtype, enforce_eager=config.enforce_eager is not False)
+    if config.enforce_eager:
+        raise BackendUnavailableError(
+            "enforce_eager cannot run pipeline parallelism on vLLM CPU: eager mode skips the warm-up that sets up "
+            "the hand-over between stages. Leave it unset (stages then run eagerly after one Dynamo trace) or use "
+            "--no-enforce-eager (compiled, needs a C++ compiler)."
+        )
+    if config.enforce_eager is False:
+        return shared_engine_args(config, dtype=dtype, enforce_eager=False)
+    return shared_engine_args(config, dtype=dtype, enforce_eager=False, compilation_config=PIPELINE_EAGER)
 
 
 def engine_env(config: Config) -> dict[str, str]:

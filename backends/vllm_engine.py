@@ -11,6 +11,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
+from backends import vllm_nodes
 from backends.base import (
     CompletionDelta,
     EngineDeadError,
@@ -45,9 +46,33 @@ def shared_engine_args(config: Config, **backend_args: Any) -> dict[str, Any]:
         "max_num_batched_tokens": config.max_num_batched_tokens,
         "enable_chunked_prefill": config.enable_chunked_prefill,
         "distributed_executor_backend": config.distributed_executor_backend,
+        **node_args(config),
         **backend_args,
     }
     return {name: value for name, value in args.items() if value is not None}
+
+
+def node_args(config: Config) -> dict[str, Any]:
+    """The arguments that spread one model over several hosts with vLLM's mp executor; none on one host."""
+    if config.nnodes == 1:
+        return {}
+    return {
+        "nnodes": config.nnodes,
+        "node_rank": config.node_rank,
+        "master_addr": config.master_addr,
+        "master_port": config.master_port,
+        # Unset, vLLM would pick Ray where a Ray cluster runs, and then refuse nnodes > 1.
+        "distributed_executor_backend": config.distributed_executor_backend or "mp",
+    }
+
+
+def async_engine_args(model: str, engine_args: dict[str, Any]) -> Any:
+    """The same AsyncEngineArgs for the engine and for a headless node's workers, which must agree."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    return AsyncEngineArgs(
+        model=model, disable_log_stats=False, structured_outputs_config=compact_json_outputs(), **engine_args
+    )
 
 
 def compact_json_outputs() -> Any:
@@ -76,6 +101,8 @@ class VllmEngine(HfTokenizerMixin):
         self._scheduler_stats: Any = None
         self._prefix_cache_queries = 0  # prompt tokens looked up since start, as vLLM's own counters count them
         self._prefix_cache_hits = 0
+        self._nodes: vllm_nodes.NodeWatch | None = None  # the other hosts' liveness, with --nnodes > 1
+        self._lost: str | None = None  # why another host's node is taken for gone
 
     async def start(self) -> ModelInfo:
         # vLLM reads its settings from the environment of this process and of the engine-core child it spawns.
@@ -83,6 +110,10 @@ class VllmEngine(HfTokenizerMixin):
         model = await asyncio.to_thread(self._resolve_model)
         self._llm = await asyncio.to_thread(self._build, model)
         self._tokenizer = self._llm.get_tokenizer()
+        parallel = self._llm.vllm_config.parallel_config
+        if parallel.nnodes > 1:
+            store = await asyncio.to_thread(vllm_nodes.connect, parallel.master_addr, parallel.master_port)
+            self._nodes = vllm_nodes.NodeWatch(store, parallel.nnodes)
         import vllm
 
         config = self._llm.model_config
@@ -94,7 +125,6 @@ class VllmEngine(HfTokenizerMixin):
         )
 
     def _build(self, model: str) -> Any:
-        from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
         from vllm.v1.metrics.loggers import StatLoggerBase
 
@@ -116,9 +146,7 @@ class VllmEngine(HfTokenizerMixin):
             def log_engine_initialized(self) -> None:
                 pass
 
-        args = AsyncEngineArgs(
-            model=model, disable_log_stats=False, structured_outputs_config=compact_json_outputs(), **self._engine_args
-        )
+        args = async_engine_args(model, self._engine_args)
         logger.info("starting the vLLM engine: %s", {"model": model, **self._engine_args})
         return AsyncLLM.from_engine_args(args, stat_loggers=[SchedulerStatsKeeper])
 
@@ -143,7 +171,7 @@ class VllmEngine(HfTokenizerMixin):
                     finished=out.finished,
                 )
         except VllmDeadError as exc:
-            raise EngineDeadError(str(exc) or "the vLLM engine died") from exc
+            raise EngineDeadError(self._lost or str(exc) or "the vLLM engine died") from exc
         except (VLLMClientError, ValueError) as exc:
             raise InvalidRequestError(str(exc)) from exc
 
@@ -208,6 +236,17 @@ class VllmEngine(HfTokenizerMixin):
             raise EngineNotReadyError("the engine is still starting")
         if self._llm.errored:
             raise EngineDeadError(str(self._llm.dead_error))
+        if self._nodes is not None:
+            try:
+                await asyncio.to_thread(self._nodes.check)
+            except vllm_nodes.NodeLost as exc:
+                # Requests in flight would wait on the lost node for the step timeout: end them now, the way vLLM's
+                # output handler ends them when its engine dies.
+                from vllm.v1.engine.exceptions import EngineDeadError as VllmDeadError
+
+                self._lost = str(exc)
+                self._llm.output_processor.propagate_error(VllmDeadError(suppress_context=True))
+                raise EngineDeadError(self._lost) from exc
 
     def stats(self) -> EngineStats:
         if self._llm is None:
@@ -225,6 +264,12 @@ class VllmEngine(HfTokenizerMixin):
             prefix_cache_queries=self._prefix_cache_queries,
             prefix_cache_hits=self._prefix_cache_hits,
         )
+
+    def run_headless(self) -> int:
+        """Serve another node's engine with this host's workers until stopped; returns the exit status."""
+        from backends import vllm_headless
+
+        return vllm_headless.run(self._resolve_model, self._engine_args, self._env)
 
     async def shutdown(self) -> None:
         if self._llm is not None:

@@ -86,9 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if command == "healthcheck":
             return _healthcheck(config)
-        from engine_server.server import serve
+        from engine_server.server import run_headless, serve
 
-        return serve(config)
+        return run_headless(config) if config.headless else serve(config)
     except ConfigError as exc:
         print(f"engine-server: error: {exc}", file=sys.stderr)
         return 2

@@ -28,6 +28,11 @@ class ConfigError(ValueError):
     """A setting is missing or has a value the server cannot use."""
 
 
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
 class Secret(str):
     """A string that never shows its value in repr(), str() or f-strings; use .reveal()."""
 
@@ -134,8 +139,9 @@ class Config:
     )
     enforce_eager: bool | None = option(
         None,
-        "Run the model without graph compilation. Default: on for cpu (starts in half the time, same speed), "
-        "off for hpu (graphs give ~3x throughput on Gaudi).",
+        "Run the model without graph compilation. Default: on for cpu (starts in half the time, same speed; with "
+        "pipeline parallelism, eager after one Dynamo trace, which vLLM CPU needs there), off for hpu (graphs give "
+        "~3x throughput on Gaudi).",
         env=("ENFORCE_EAGER",),
     )
     parallel_number: int = option(
@@ -150,9 +156,32 @@ class Config:
     )
     distributed_executor_backend: str | None = option(
         None,
-        "How vLLM runs its workers when the model spans several devices: mp (processes on this host) or ray "
-        "(a Ray cluster, needed to span hosts). Default: vLLM's choice (mp on one host).",
+        "How vLLM runs its workers when the model spans several devices: mp (processes on this host, or on each "
+        "of --nnodes hosts) or ray (the hosts of a Ray cluster). Default: vLLM's choice (mp).",
         env=("DISTRIBUTED_EXECUTOR_BACKEND",),
+    )
+    nnodes: int = option(
+        1,
+        "Hosts one model spans (cpu, hpu; vLLM's mp executor), each running an equal share of tensor x pipeline "
+        "parallel workers: node 0 serves HTTP, the others run --headless (docs/scaling.md).",
+        env=("ENGINE_SERVER_NNODES",),
+    )
+    node_rank: int = option(0, "This host's index among --nnodes hosts.", env=("ENGINE_SERVER_NODE_RANK",))
+    master_addr: str | None = option(
+        None,
+        "Node 0's address, which the other nodes reach. Default: vLLM's, 127.0.0.1.",
+        env=("ENGINE_SERVER_MASTER_ADDR",),
+    )
+    master_port: int | None = option(
+        None,
+        "Node 0's port where the nodes meet (torch.distributed). Default: vLLM's, 29501.",
+        env=("ENGINE_SERVER_MASTER_PORT",),
+    )
+    headless: bool = option(
+        False,
+        "Serve no HTTP: run this node's workers for node 0 (node rank > 0) until stopped; exits 1 when node 0 goes "
+        "away or a worker dies.",
+        env=("ENGINE_SERVER_HEADLESS",),
     )
     max_seq_len_to_capture: int | None = option(
         None,
@@ -241,10 +270,7 @@ class Config:
         self._validate()
 
     def _validate(self) -> None:
-        def check(ok: bool, message: str) -> None:
-            if not ok:
-                raise ConfigError(message)
-
+        check = _check
         check(1 <= self.port <= 65535, f"port must be between 1 and 65535, got {self.port}")
         check(self.hw_mode in HW_MODES, f"hw_mode must be one of {', '.join(HW_MODES)}; got {self.hw_mode!r}")
         check(self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
@@ -275,6 +301,7 @@ class Config:
             f"distributed_executor_backend must be one of {', '.join(EXECUTOR_BACKENDS)}; "
             f"got {self.distributed_executor_backend!r}",
         )
+        self._validate_nodes()
         for name in (
             "max_model_len",
             "block_size",
@@ -297,6 +324,31 @@ class Config:
             DEVICE_PATTERN.fullmatch(self.device) is not None,
             f"device must be CPU, GPU or GPU.N (N: the GPU's number); got {self.device!r}",
         )
+
+    def _validate_nodes(self) -> None:
+        check = _check
+        check(self.nnodes >= 1, f"nnodes must be at least 1, got {self.nnodes}")
+        check(0 <= self.node_rank < self.nnodes, f"node_rank must be 0..nnodes - 1, got {self.node_rank}")
+        check(self.master_port is None or 1 <= self.master_port <= 65535, "master_port must be 1..65535")
+        check(self.master_addr != "", "master_addr must not be empty")
+        check(self.nnodes > 1 or not self.headless, "headless needs nnodes > 1: it runs workers for another node")
+        if self.nnodes > 1:
+            check(self.hw_mode != "openvino", "nnodes > 1 runs on vLLM (hw_mode cpu or hpu), not OpenVINO")
+            check(
+                self.distributed_executor_backend != "ray",
+                "nnodes > 1 is for vLLM's mp executor; with ray, Ray places the workers on its cluster's hosts",
+            )
+            world_size = self.parallel_number * self.pipeline_parallel_size
+            check(
+                world_size % self.nnodes == 0,
+                f"nnodes ({self.nnodes}) must divide parallel_number x pipeline_parallel_size ({world_size}): "
+                "every node runs as many workers",
+            )
+            check(
+                self.headless == (self.node_rank > 0),
+                f"node 0 serves HTTP and the others run headless: --headless goes with --node-rank > 0 only "
+                f"(got node_rank {self.node_rank}, headless {self.headless})",
+            )
 
     @property
     def builtin_model(self) -> str | None:

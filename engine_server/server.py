@@ -1,4 +1,5 @@
-"""Running the app under uvicorn: exit status 0 after a clean stop, non-zero when the engine fails or dies."""
+"""Running the app under uvicorn, or a headless node without it: exit status 0 after a clean stop, non-zero when
+the engine fails or dies."""
 
 from __future__ import annotations
 
@@ -69,11 +70,26 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def serve(config: Config, engine: Engine | None = None) -> int:
-    """Serve until stopped; returns the process exit status."""
+def _configure_logs(config: Config) -> None:
     configure_logging(config.log_level, config.log_format)
     if config.log_format == "json":
         _json_logs_for_vllm(config.log_level)
+
+
+def run_headless(config: Config) -> int:
+    """A headless node (--headless): this host's workers for node 0's engine, no HTTP; returns the exit status."""
+    from functools import partial
+
+    from backends import run_headless
+    from engine_server import models
+
+    _configure_logs(config)
+    return run_headless(config, partial(models.resolve, config))
+
+
+def serve(config: Config, engine: Engine | None = None) -> int:
+    """Serve until stopped; returns the process exit status."""
+    _configure_logs(config)
     failures: list[str] = []
 
     def on_fatal(message: str) -> None:

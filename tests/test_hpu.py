@@ -119,6 +119,58 @@ def test_pipeline_parallel_and_executor_reach_the_cpu_backend() -> None:
     assert (args["pipeline_parallel_size"], args["distributed_executor_backend"]) == (2, "mp")
 
 
+# One model across hosts with vLLM's mp executor: node 0 serves, node 1 runs headless.
+TWO_NODES = ["--pipeline-parallel-size", "2", "--nnodes", "2", "--master-addr", "10.0.0.1", "--master-port", "29600"]
+NODE_1_ENV = {"ENGINE_SERVER_NODE_RANK": "1", "ENGINE_SERVER_HEADLESS": "true"}
+
+
+def test_two_hosts_with_mp_reach_the_cpu_backend() -> None:
+    node0 = config_of(["--hw-mode", "cpu", *TWO_NODES])
+    node1 = config_of(["--hw-mode", "cpu", *TWO_NODES], NODE_1_ENV)
+    assert (node0.node_rank, node0.headless, node1.node_rank, node1.headless) == (0, False, 1, True)
+    nodes = {"nnodes": 2, "master_addr": "10.0.0.1", "master_port": 29600, "distributed_executor_backend": "mp"}
+    for rank, config in enumerate((node0, node1)):
+        assert vllm_cpu.engine_args(config, native_bf16=False) == {
+            "dtype": "float32",
+            # Plain eager mode cannot run pipeline stages on vLLM CPU: eager after one Dynamo trace.
+            "enforce_eager": False,
+            "compilation_config": {"mode": 2, "backend": "eager"},
+            "enable_prefix_caching": True,
+            "trust_remote_code": False,
+            "tensor_parallel_size": 1,
+            "pipeline_parallel_size": 2,
+            "node_rank": rank,
+            **nodes,
+        }
+
+
+def test_pipeline_stages_refuse_plain_eager_mode_on_cpu() -> None:
+    with pytest.raises(BackendUnavailableError, match="enforce_eager cannot run pipeline parallelism on vLLM CPU"):
+        vllm_cpu.engine_args(config_of([*TWO_NODES, "--enforce-eager"]), native_bf16=False)
+    compiled = vllm_cpu.engine_args(config_of([*TWO_NODES, "--no-enforce-eager"]), native_bf16=False)
+    assert compiled["enforce_eager"] is False and "compilation_config" not in compiled  # vLLM's own compilation
+
+
+def test_two_gaudi_hosts_with_8_cards_each_and_mp() -> None:
+    node1 = config_of([*SEVENTY_B, *TWO_NODES], NODE_1_ENV)
+    assert hpu.engine_args(node1) == {
+        **HPU_DEFAULT_ARGS,
+        "tensor_parallel_size": 8,
+        "pipeline_parallel_size": 2,
+        "nnodes": 2,
+        "node_rank": 1,
+        "master_addr": "10.0.0.1",
+        "master_port": 29600,
+        "distributed_executor_backend": "mp",
+    }
+    assert hpu.engine_env(node1, {})["PT_HPU_ENABLE_LAZY_COLLECTIVES"] == "true"
+
+
+def test_one_host_passes_no_node_arguments() -> None:
+    args = vllm_cpu.engine_args(config_of(["--master-addr", "10.0.0.1", "--master-port", "29600"]), native_bf16=False)
+    assert not {"nnodes", "node_rank", "master_addr", "master_port"} & set(args)
+
+
 def test_values_the_operator_set_win() -> None:
     config = config_of(SEVENTY_B)
     environ = {"HABANA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7", "PT_HPU_ENABLE_LAZY_COLLECTIVES": "false"}
@@ -132,6 +184,14 @@ def test_values_the_operator_set_win() -> None:
     [
         (["--distributed-executor-backend", "slurm"], "distributed_executor_backend must be one of mp, ray"),
         (["--pipeline-parallel-size", "0"], "pipeline_parallel_size must be at least 1"),
+        ([*TWO_NODES, "--node-rank", "2"], "node_rank must be 0..nnodes - 1, got 2"),
+        (["--headless"], "headless needs nnodes > 1"),
+        ([*TWO_NODES, "--node-rank", "1"], "--headless goes with --node-rank > 0 only"),
+        ([*TWO_NODES, "--headless"], "--headless goes with --node-rank > 0 only"),
+        (["--nnodes", "2"], r"nnodes \(2\) must divide parallel_number x pipeline_parallel_size \(1\)"),
+        ([*TWO_NODES, "--hw-mode", "openvino"], "nnodes > 1 runs on vLLM"),
+        ([*TWO_NODES, "--distributed-executor-backend", "ray"], "nnodes > 1 is for vLLM's mp executor"),
+        (["--master-port", "0"], "master_port must be 1..65535"),
     ],
 )
 def test_invalid_parallel_settings_are_refused(argv: list[str], message: str) -> None:
@@ -151,12 +211,23 @@ def test_max_seq_len_to_capture_is_accepted_with_a_notice(caplog: pytest.LogCapt
     assert hpu.max_seq_len_to_capture_notice(config_of(["--hw-mode", "hpu"])) is None
 
 
-@pytest.mark.parametrize("argv", [SEVENTY_B, [*SEVENTY_B, "--pipeline-parallel-size", "2", "--max-model-len", "8192"]])
-def test_vllm_accepts_the_arguments(argv: list[str]) -> None:
-    # The Gaudi image runs another vLLM release than this venv; these are long-standing engine arguments in both.
+@pytest.mark.parametrize(
+    "argv,environ",
+    [
+        (SEVENTY_B, {"DISTRIBUTED_EXECUTOR_BACKEND": "ray"}),
+        (
+            [*SEVENTY_B, "--pipeline-parallel-size", "2", "--max-model-len", "8192"],
+            {"DISTRIBUTED_EXECUTOR_BACKEND": "ray"},
+        ),
+        ([*SEVENTY_B, *TWO_NODES], NODE_1_ENV),
+    ],
+)
+def test_vllm_accepts_the_arguments(argv: list[str], environ: dict[str, str]) -> None:
+    # The Gaudi image runs another vLLM release than this venv; these are long-standing engine arguments in both
+    # (nnodes, node_rank, master_addr and master_port since vLLM 0.11).
     from vllm.engine.arg_utils import AsyncEngineArgs
 
-    args = hpu.engine_args(config_of(argv, {"DISTRIBUTED_EXECUTOR_BACKEND": "ray"}))
+    args = hpu.engine_args(config_of(argv, environ))
     assert set(args) <= {f.name for f in dataclasses.fields(AsyncEngineArgs)}
     built = AsyncEngineArgs(model="meta-llama/Meta-Llama-3-70b", **args)
     assert (built.tensor_parallel_size, built.block_size, built.enforce_eager) == (8, 128, False)
@@ -189,8 +260,14 @@ def test_missing_cards_and_plugin_are_both_named(tmp_path: Path) -> None:
 
 def test_too_few_cards_on_this_host(tmp_path: Path) -> None:
     dev = make_devices(tmp_path, 4)
-    with pytest.raises(BackendUnavailableError, match="= 8 cards are needed but this host has 4"):
+    with pytest.raises(BackendUnavailableError, match="8 cards are needed on this host .* but it has 4"):
         hpu.check_available(config_of(SEVENTY_B), dev=dev, has_module=lambda name: True)
+    # With --nnodes every host runs its share: 8 x 2 stages over 2 hosts need 8 cards here.
+    with pytest.raises(BackendUnavailableError, match="8 cards are needed on this host"):
+        hpu.check_available(config_of([*SEVENTY_B, *TWO_NODES]), dev=dev, has_module=lambda name: True)
+    hpu.check_available(
+        config_of([*SEVENTY_B, *TWO_NODES]), dev=make_devices(tmp_path / "eight", 8), has_module=lambda name: True
+    )
     # With Ray the other cards may be on other hosts.
     ray = config_of(SEVENTY_B, {"DISTRIBUTED_EXECUTOR_BACKEND": "ray"})
     hpu.check_available(ray, dev=dev, has_module=lambda name: True)
