@@ -10,15 +10,8 @@ from typing import Any
 
 from backends import BackendUnavailableError, select_backend
 from engine_server.builtin_models import models_table
-from engine_server.config import (
-    Config,
-    ConfigError,
-    default_of,
-    flag_of,
-    option_fields,
-    parse_value,
-    values_from_env,
-)
+from engine_server.config import Config, ConfigError
+from engine_server.config_options import default_of, flag_of, option_fields, parse_value, values_from_env
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -370,50 +369,3 @@ class Config:
 
     def with_changes(self, **changes: Any) -> Config:
         return replace(self, **changes)
-
-
-def option_fields() -> list[Any]:
-    return list(fields(Config))
-
-
-def flag_of(f: Any) -> str:
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-
-
-def parse_value(f: Any, raw: str) -> Any:
-    """Turn a CLI or environment string into the field's type, with an error that names the setting."""
-    kind = str(f.type)
-    try:
-        if "bool" in kind:
-            lowered = raw.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if "int" in kind:
-            return int(raw)
-        if "float" in kind:
-            return float(raw)
-        if "Path" in kind:
-            return Path(raw).expanduser()
-        if "Secret" in kind:
-            return Secret(raw)
-    except ValueError:
-        raise ConfigError(f"{flag_of(f)}: cannot read {raw!r} as {kind.replace(' | None', '')}") from None
-    return raw
-
-
-def values_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for f in option_fields():
-        for name in f.metadata["env"]:
-            raw = environ.get(name)
-            if raw is not None and raw != "":
-                values[f.name] = parse_value(f, raw)
-                break
-    return values
-
-
-def default_of(f: Any) -> Any:
-    return None if f.default is MISSING else f.default

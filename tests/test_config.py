@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from engine_server.cli import build_parser, load_config, options_table
-from engine_server.config import Config, ConfigError, Secret, flag_of, option_fields
+from engine_server.config import Config, ConfigError, Secret
+from engine_server.config_options import flag_of, option_fields
 from tests.conftest import ROOT
 
 
