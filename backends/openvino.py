@@ -338,11 +338,13 @@ def open_pipeline(model: str, s: PipelineSettings, max_model_len: int) -> Any:
     elif not scheduler.dynamic_split_fuse:
         # Unsplit prompts must fit one step, or the scheduler drops them as out of memory.
         scheduler.max_num_batched_tokens = max(scheduler.max_num_batched_tokens, max_model_len)
-    properties = {}
+    properties: dict[str, str | bool] = {}
     if s.kv_cache_precision:
         properties["KV_CACHE_PRECISION"] = s.kv_cache_precision
     if s.inference_precision:
         properties["INFERENCE_PRECISION_HINT"] = s.inference_precision
+    if s.enable_cpu_pinning is not None:
+        properties["ENABLE_CPU_PINNING"] = s.enable_cpu_pinning
     logger.info("starting the OpenVINO pipeline on %s: %s %s", s.device, scheduler.to_string(), properties)
     try:
         return openvino_genai.ContinuousBatchingPipeline(model, scheduler, s.device, properties)
