@@ -8,9 +8,11 @@ import json
 import logging
 import os
 import signal
+import socket
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import uvicorn
 
@@ -55,6 +57,18 @@ def _json_logs_for_vllm(level: str) -> None:
 
 
 class _Server(uvicorn.Server):
+    stopped_while_starting: Callable[[], bool] = staticmethod(lambda: False)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)
+        if self.stopped_while_starting():
+            # The engine is still being built in a thread, which cannot be interrupted, and the event loop would
+            # wait for it at exit: minutes for a large model, for ever for one waiting for its other hosts.
+            logger.info("stopped while the engine was starting")
+            _end_children()
+            logging.shutdown()
+            os._exit(0)
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         # uvicorn re-raises SIGTERM once it has stopped, so the process would die by the signal (status -15);
@@ -68,6 +82,44 @@ class _Server(uvicorn.Server):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def _end_children(grace: float = 5.0) -> None:
+    """Stop the processes this one started (an engine's own processes), SIGKILL for those still there after grace."""
+    children = _descendants(os.getpid())
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while children and time.monotonic() < deadline:
+        time.sleep(0.1)
+        children = [pid for pid in children if _alive(pid)]
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _descendants(root: int) -> list[int]:
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError), open(f"/proc/{entry}/stat") as f:
+                parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+    found, todo = [], [root]
+    while todo:
+        parent = todo.pop()
+        kids = [pid for pid, ppid in parents.items() if ppid == parent]
+        found += kids
+        todo += kids
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except OSError:
+        return False
 
 
 def _configure_logs(config: Config) -> None:
@@ -111,6 +163,7 @@ def serve(config: Config, engine: Engine | None = None) -> int:
         )
     )
     logger.info("listening on http://%s:%d (the model loads in the background)", config.host, config.port)
+    server.stopped_while_starting = lambda: app.state.server.status == "starting"
     server.run()
     if failures:
         logger.error("stopped: %s", failures[0])

@@ -183,3 +183,31 @@ def test_sigterm_lets_the_stream_in_flight_finish_then_exits_zero(tiny_model: Pa
         assert server.process.wait(60) == 0
     finally:
         stop(server.process)
+
+
+def test_sigterm_while_the_engine_starts_exits_at_once_and_leaves_no_process(tiny_model: Path, tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    args = ["--model", str(tiny_model), "--kv-cache-space", "1", "--dtype", "float32", "--log-format", "text"]
+    process, base_url = start_server(args, log)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the port answers 503 while the engine starts (about half a minute)
+            try:
+                if httpx.get(f"{base_url}/health", timeout=2).status_code == 503:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        children: list[psutil.Process] = []
+        while not children and time.monotonic() < deadline:  # into the engine's start: its processes are made
+            time.sleep(0.5)
+            children = psutil.Process(process.pid).children(recursive=True)
+        assert children and "ready in" not in log.read_text()
+        stopped = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        assert time.monotonic() - stopped < 15, "the stop waited for the engine to finish starting"
+        assert "stopped while the engine was starting" in log.read_text()
+        _, alive = psutil.wait_procs(children, timeout=5)
+        assert not alive, f"left behind: {alive}"
+    finally:
+        stop(process)
