@@ -177,3 +177,40 @@ def test_tool_errors_are_400s(client: openai.OpenAI) -> None:
             model="tiny", messages=[*MESSAGES, {"role": "tool", "tool_call_id": "call_none", "content": "1"}]
         )
     assert "call_none" in err.value.message
+
+
+# A template in the Hermes style: it renders the tools itself, so no fallback system prompt is added.
+HERMES_TEMPLATE = (
+    "{% if tools %}<|system|>\nTools:<tools>{% for t in tools %}{{ t | tojson }}{% endfor %}</tools>\nCall them as "
+    '<tool_call>{"name": ..., "arguments": ...}</tool_call><|end|>\n{% endif %}{% for m in messages %}<|{{ m.role }}|>'
+    "\n{{ m.content or '' }}{% for c in m.tool_calls or [] %}<tool_call>{{ c.function | tojson }}</tool_call>"
+    "{% endfor %}<|end|>\n{% endfor %}<|assistant|>\n"
+)
+
+
+def test_a_template_that_renders_tools_gets_them_as_tools(client: openai.OpenAI) -> None:
+    def prompt_tokens(**kwargs: Any) -> int:
+        r = client.chat.completions.create(
+            model="tiny", messages=MESSAGES, max_tokens=1, extra_body={"chat_template": HERMES_TEMPLATE}, **kwargs
+        )
+        assert r.usage is not None
+        return r.usage.prompt_tokens
+
+    plain = prompt_tokens()
+    with_tools = prompt_tokens(tools=[TOOLS["get_weather"]], tool_choice="none")
+    assert with_tools == plain  # "none": the template gets no tools
+    rendered = prompt_tokens(tools=[TOOLS["get_weather"]])
+    # The template's own listing of the tool (about 320 tokens of this tokenizer), and not the fallback system prompt,
+    # which alone is about 500.
+    assert plain + 250 < rendered < plain + 450
+    content, calls, finish = create(
+        client,
+        False,
+        tools=[TOOLS["get_weather"]],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        seed=0,
+        extra_body={"chat_template": HERMES_TEMPLATE},
+    )
+    assert finish == "tool_calls" and len(calls) == 1
+    assert_valid(calls, {"get_weather"})
