@@ -52,8 +52,9 @@ def settings_from_config(config: Config) -> PipelineSettings:
 def auto_precision(device: str, flags: frozenset[str] | None = None) -> str | None:
     """dtype auto: f32 activations on a CPU without AMX, where OpenVINO otherwise picks bf16 (AVX512-BF16). With f32
     activations it quantizes them per group on the fly and multiplies int8 weights with VNNI; with bf16 it
-    decompresses the weights instead. SmolLM2 int8 on 2 EPYC cores: 1.1x the tokens/s at 1 and at 8 streams
-    (bench/README.md). On AMX, and on other devices, the device's default stays."""
+    decompresses the weights instead. SmolLM2 int8 on 2 EPYC cores: 1.1x the tokens/s at 1 and at 8 streams in one
+    quiet window, within the noise in a later one; and closer to the fp32 reference's tokens (bench/README.md). On
+    AMX, and on other devices, the device's default stays."""
     from backends.cpu_features import cpu_flags, has_amx
 
     if device != "CPU" or has_amx(cpu_flags() if flags is None else flags):
