@@ -88,7 +88,7 @@ class Config:
         "Weight and activation dtype: auto, float32, bfloat16, float16. auto on CPU picks bfloat16 where the CPU "
         "computes it natively (AVX512-BF16 or AMX, 1.3-1.9x float32's speed) and float32 elsewhere, where emulated "
         "bf16 is slower; on an AMX CPU whose kernel refuses AMX tile state it picks float32 and says why. On "
-        "openvino, auto computes in f32 on CPUs without AMX (int8 weights on VNNI) and in the device's choice elsewhere.",
+        "openvino, auto computes in f32 on CPUs without AMX (int8 weights on VNNI), elsewhere in the device's choice.",
         env=("ENGINE_SERVER_DTYPE",),
     )
     max_model_len: int | None = option(
