@@ -186,8 +186,10 @@ def test_token_counters_and_ttft_move_with_the_traffic(server: LiveServer) -> No
     assert moved("vllm:generation_tokens", "_total") == sum(u["completion_tokens"] for u in usages) == 8
     assert moved("vllm:time_to_first_token_seconds", "_count") == 2
     assert moved("vllm:time_to_first_token_seconds", "_sum") > 0
-    # One observation per step after the first token; a step may bring more than one token.
-    assert 2 <= moved("vllm:inter_token_latency_seconds", "_count") <= 4 + 2
+    # One observation per step after a request's first token: at most one per token after the first (4 + 2). A step
+    # may bring several tokens (OpenVINO's stepping loop hands over what it has when the event loop was busy), so a
+    # request's remaining tokens may come in one step, or with its first.
+    assert 0 <= moved("vllm:inter_token_latency_seconds", "_count") <= 4 + 2
     assert moved("vllm:prompt_tokens", "_total") == moved("engine_server_prompt_tokens", "_total")
 
 
