@@ -57,13 +57,6 @@ class ChatMessage(Strict):
     audio: None = None
     function_call: None = None
 
-    def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "\n".join(part.text for part in self.content)
-
 
 class JsonSchemaFormat(Strict):
     name: str = "response"
