@@ -27,7 +27,8 @@ logger = logging.getLogger("engine_server.openvino_export")
 Progress = Callable[[str], None]
 
 # Bump when the export changes what it writes, so caches made by older code are rebuilt, not served.
-VERSION = 1
+# 2: projections that read the same input are fused into one matmul (engine_server/openvino_fuse.py).
+VERSION = 2
 MARKER = "engine-server-export.json"
 IR_FILE = "openvino_model.xml"
 # ContinuousBatchingPipeline needs the tokenizer as OpenVINO models too: for stop strings and structured output.
@@ -89,6 +90,7 @@ def export(source: Path, cache_dir: Path, settings: ExportSettings, progress: Pr
         report(f"exporting {source} to OpenVINO IR ({settings.weight_format} weights) in {final}")
         _run_optimum(source, build, settings, report)
         _check(build)
+        _fuse(build, report)
         _write_marker(build, source, settings)
 
     took = build_once(final, lambda: is_exported(final), fill, report, "exporting this model")
@@ -149,6 +151,18 @@ def _run_optimum(source: Path, out: Path, settings: ExportSettings, report: Prog
             f"{details}\nFix: check that optimum-intel supports this architecture, or export the model yourself "
             "and pass the exported directory with --model."
         )
+
+
+def _fuse(build: Path, report: Progress) -> None:
+    """Fuse the exported model's shared-input matmuls, in a child process (it holds the weights twice meanwhile)."""
+    report("fusing the matmuls that read the same input (q/k/v, gate/up)")
+    cmd = [sys.executable, "-m", "engine_server.openvino_fuse", str(build)]
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    if done.returncode != 0:
+        details = "\n".join(lines[-30:])
+        raise ExportError(f"fusing the exported model's matmuls failed (exit {done.returncode}):\n{details}")
+    report(lines[-1] if lines else "fused")
 
 
 def _check(build: Path) -> None:

@@ -34,6 +34,7 @@ def runs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Path, ExportSettings]]:
             (out / name).write_text(f"{name} {settings.weight_format}")
 
     monkeypatch.setattr(openvino_export, "_run_optimum", fake_optimum)
+    monkeypatch.setattr(openvino_export, "_fuse", lambda build, report: None)  # its own suite: test_openvino_fuse
     return calls
 
 
