@@ -40,6 +40,7 @@ class Running:
     ready_s: float
     # Process groups whose CPU time is the contender's; each leader is an HTTP front end, the rest engine processes.
     pgids: tuple[int, ...]
+    export: Path | None = None  # the OpenVINO IR the server runs (openvino backend)
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,20 +133,20 @@ def our_server(
     """cache_dir: the engine-server cache that holds model, when model is a built-in model's name."""
     cmd = our_server_cmd(model, free_port(), served_name, settings, hw_mode)
     env = {**settings.env(), **({"ENGINE_SERVER_CACHE_DIR": str(cache_dir)} if cache_dir else {})}
-    if hw_mode == "openvino":
-        prepare_openvino(cmd, log.with_suffix(".prepare.log"), env)
+    export = prepare_openvino(cmd, log.with_suffix(".prepare.log"), env) if hw_mode == "openvino" else None
     with started(f"engine-server ({hw_mode})", cmd, log, env) as (child, url, ready_s):
-        yield Running(url, ready_s, (child.process.pid,))
+        yield Running(url, ready_s, (child.process.pid,), export)
 
 
-def prepare_openvino(server_cmd: list[str], log: Path, env: dict[str, str]) -> None:
+def prepare_openvino(server_cmd: list[str], log: Path, env: dict[str, str]) -> Path:
     """Export the checkpoint to OpenVINO IR into the cache (`engine-server prepare`, once per model and dtype), so
-    that time to ready measures a start, not a first-time export."""
+    that time to ready measures a start, not a first-time export. Returns the export (prepare prints it last)."""
     cmd = [*server_cmd[:3], "prepare", *server_cmd[3:]]
-    with log.open("wb") as out:
-        returncode = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env}).returncode
-    if returncode != 0:
-        raise StartupError(f"engine-server prepare failed ({returncode}), see {log}")
+    with log.open("wb") as err:
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, env={**os.environ, **env}, check=False)
+    if done.returncode != 0:
+        raise StartupError(f"engine-server prepare failed ({done.returncode}), see {log}")
+    return Path(done.stdout.decode().strip().splitlines()[-1])
 
 
 @contextlib.contextmanager
@@ -190,9 +191,17 @@ def run_raw_engine(
 
 
 def run_raw_pipeline(
-    model: str, runs: list[tuple[Workload, int]], settings: EngineSettings, log: Path, timeout: float = 7200
+    model: str,
+    runs: list[tuple[Workload, int]],
+    settings: EngineSettings,
+    log: Path,
+    timeout: float = 7200,
+    served_as: str | None = None,
+    cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     """The raw OpenVINO pipeline on each (workload, seed), with our openvino server's flags; same result shape.
+    served_as, cache_dir: the built-in model's name and cache when our server was started by that name, so that
+    the pipeline runs the same export (a built-in model's defaults, such as int8 weights, apply by name).
 
     The prompts are sampled here, where vLLM's sampler is (the openvino venv has no vLLM), from the same tokenizer
     the export carries."""
@@ -204,7 +213,8 @@ def run_raw_pipeline(
     spec = [{"workload": asdict(w), "seed": seed, "prompts": sample_prompts(w, seed, tokenizer)} for w, seed in runs]
     prompts = log.with_suffix(".prompts.json")
     prompts.write_text(json.dumps(spec))
-    flags = our_server_cmd(model, 9000, "raw", settings, "openvino")[3:]  # no port is opened
+    flags = our_server_cmd(served_as or model, 9000, "raw", settings, "openvino")[3:]  # no port is opened
+    flags += ["--cache-dir", str(cache_dir)] if cache_dir else []
     cmd = [str(OPENVINO_PYTHON), "-m", "bench.raw_pipeline", "--server-args", json.dumps(flags)]
     cmd += ["--runs", str(prompts)]
     return _run_driver("raw pipeline", cmd, log, {}, timeout)

@@ -63,6 +63,12 @@ class NullEngine:
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
+    def detokenize(self, token_ids: list[int]) -> str:
+        return str(self.tokenizer.decode(token_ids))
+
+    def token_strs(self, token_ids: list[int]) -> list[str]:
+        return [str(token) for token in self.tokenizer.convert_ids_to_tokens(token_ids)]
+
     def render_chat(
         self, messages: list[dict[str, Any]], chat_template: str | None = None, template_kwargs: Any = None
     ) -> str:

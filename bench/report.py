@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from bench.bandwidth import weights_bytes
 from bench.workloads import METRICS, RunResult, Workload
 
 OURS = "engine-server"
@@ -27,6 +30,8 @@ TARGETS = (
 )  # fmt: skip
 # Mean TTFT, ours / contender, must not exceed 1.
 TTFT_TARGETS = ((OURS, "vllm serve"), (OURS_OPENVINO, "llama-server"))
+# Batch-1 decode time against the memory-bandwidth bound of the weights a step reads: at least this share of it.
+BOUND_SHARE = 0.6
 # Each backend's time to ready against its raw engine's.
 READY = ((OURS, "raw engine"), (OURS_OPENVINO, "raw pipeline"))
 RAW = dict(READY)
@@ -172,4 +177,27 @@ def backend_ratios(results: list[RunResult]) -> str:
                 if r.metrics.get(m)
             ]
             lines.append(f"  {workload:<24} {OURS_OPENVINO} / {other:<14} " + ", ".join(parts))
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def decode_bound(results: list[RunResult], exports: dict[str, Path], bandwidth_gbs: float) -> str:
+    """At one stream, each OpenVINO contender's time per output token against the time to read its weights once."""
+    lines = [
+        "",
+        f"Batch-1 decode against the memory-bandwidth bound (read bandwidth {bandwidth_gbs:.1f} GB/s with all cores, "
+        f"bench/bandwidth.py; bound = weights / bandwidth; target: TPOT within 1/{BOUND_SHARE:g} of it):",
+    ]
+    for r in results:
+        group = r.workload.split()[0]
+        if r.contender not in (OURS_OPENVINO, "raw pipeline") or not r.workload.endswith(" c1") or group not in exports:
+            continue
+        size = weights_bytes(exports[group])
+        bound_ms = 1000 * size / (bandwidth_gbs * 1e9)
+        tpot = r.metrics["mean_tpot_ms"]
+        share = bound_ms / tpot
+        lines.append(
+            f"  {r.workload:<24} {r.contender:<23} TPOT {tpot:5.1f} ms, weights {size / 1e6:5.0f} MB -> bound "
+            f"{bound_ms:4.2f} ms: {100 * share:3.0f}% of it (target >= {100 * BOUND_SHARE:.0f}%)  "
+            + ("ok" if share >= BOUND_SHARE else "MISSED")
+        )
     return "\n".join(lines) if len(lines) > 2 else ""

@@ -8,8 +8,10 @@ python -m bench.serve_compare --contenders engine-server,vllm-serve --workloads 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -18,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from bench.bandwidth import read_bandwidth_gbs
 from bench.client import run_client
 from bench.contenders import (
     EngineSettings,
@@ -30,7 +33,7 @@ from bench.contenders import (
     vllm_serve,
     warm_caches,
 )
-from bench.report import OURS, OURS_OPENVINO, backend_ratios, table, targets
+from bench.report import OURS, OURS_OPENVINO, backend_ratios, decode_bound, table, targets
 from bench.workloads import RunResult, Workload, combine, load_average, model_workloads, tiny_workload
 
 CONTENDERS = (
@@ -59,6 +62,7 @@ class Bench:
         self.seeds: Iterator[int] = itertools.count(first_seed)
         self.results: list[RunResult] = []
         self.workloads: list[Workload] = []
+        self.exports: dict[str, Path] = {}  # group -> the OpenVINO IR our server ran
 
     def http(self, contender: str, running: Running, workloads: list[Workload], served_name: str) -> None:
         for workload in workloads:
@@ -142,9 +146,13 @@ def run_group(
         ov_model, cache = _as_builtin(model, group)
         with our_server(ov_model, served_name, settings, logs / f"ours-openvino-{group}.log", "openvino", cache) as ov:
             bench.http(OURS_OPENVINO, ov, workloads, served_name)
+            if ov.export is not None:
+                bench.exports[group] = ov.export
     if "raw-pipeline" in contenders:
         _say(f"starting the raw OpenVINO pipeline on {group}")
-        bench.raw("raw pipeline", run_raw_pipeline, model, workloads)
+        ov_model, cache = _as_builtin(model, group)
+        runner = functools.partial(run_raw_pipeline, served_as=ov_model, cache_dir=cache)
+        bench.raw("raw pipeline", runner, model, workloads)
     if "llama-server" in contenders and llama is not None and group in BUILTIN:
         # The GGUF the built-in model's package ships: what llama.cpp users would serve. The client samples its
         # prompts with our checkpoint's tokenizer, the same vocabulary.
@@ -153,6 +161,19 @@ def run_group(
         with llama_server(llama, gguf, settings, logs / f"llama-server-{group}.log") as peer:
             bench.http("llama-server", peer, workloads, served_name)
     bench.print_table(f"{group}: all contenders so far")
+
+
+def front_cpu(model: str, log_dir: Path) -> str:
+    """bench.http_overhead on the model's tokenizer, in the workloads' shape (8 streams of 128 tokens): our HTTP
+    layer's CPU per streamed token over an engine that costs nothing, and the floor any Python server pays."""
+    cmd = [sys.executable, "-m", "bench.http_overhead", "--variants", "as-is,floor", "--tokenizer", model]
+    cmd += ["--concurrency", "8", "--num-requests", "64", "--output-len", "128"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    (log_dir / "http-overhead.log").write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        return f"\nbench.http_overhead failed ({done.returncode}): see {log_dir / 'http-overhead.log'}"
+    head = "\nThe front's CPU per streamed token (bench.http_overhead, this model's tokenizer, 8 x 128 tokens):"
+    return "\n".join([head, *("  " + line for line in done.stdout.splitlines())])
 
 
 def _say(message: str) -> None:
@@ -251,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     bench.print_table(f"final ({time.monotonic() - started:.0f} s, load now {load_average():.1f})")
     print(targets(bench.results), flush=True)
     print(backend_ratios(bench.results), flush=True)
+    if bench.exports:
+        print(decode_bound(bench.results, bench.exports, read_bandwidth_gbs()), flush=True)
+    if any(g in BUILTIN for g in groups) and any(c.startswith("engine-server") for c in contenders):
+        last = model  # the last group's model: its tokenizer
+        print(front_cpu(last, log_dir), flush=True)
     out = log_dir / "results.json"
     out.write_text(json.dumps([asdict(r) for r in bench.results], indent=2))
     _say(f"results in {out}")
