@@ -275,8 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     if bench.exports:
         print(decode_bound(bench.results, bench.exports, read_bandwidth_gbs()), flush=True)
     if any(g in BUILTIN for g in groups) and any(c.startswith("engine-server") for c in contenders):
-        last = model  # the last group's model: its tokenizer
-        print(front_cpu(last, log_dir), flush=True)
+        print(front_cpu(model, log_dir), flush=True)  # the last group's model, for its tokenizer
     out = log_dir / "results.json"
     out.write_text(json.dumps([asdict(r) for r in bench.results], indent=2))
     _say(f"results in {out}")
