@@ -2,10 +2,11 @@
 
 One thread owns the pipeline: it adds requests, steps, reads each request's new tokens, detokenizes them and
 cancels; nothing else calls the pipeline. Outputs reach each request's asyncio queue through
-loop.call_soon_threadsafe, so the event loop never waits on the pipeline. The binding's step() holds the GIL for
-part of each step and releases it for the rest (a Python thread spinning beside a stepping one ran about a fifth of
-the time), so the event loop's work also competes with the inference threads for the CPU: from WAIT_FOR_LOOP_FROM
-outputs on, the next step waits until the loop has sent them.
+loop.call_soon_threadsafe, so the event loop never waits on the pipeline's Python objects. But the binding's step()
+holds the GIL for the whole step (openvino-genai 2026.4: a Python thread sleeping 0.2 ms in a loop beside a pipeline
+stepping 8 SmolLM2 streams ran once per 23 ms step), so the event loop runs only between steps: that is when chunks
+are sent and new requests are read and tokenized. From WAIT_FOR_LOOP_FROM outputs on, the next step waits until the
+loop has sent them.
 """
 
 from __future__ import annotations
@@ -49,10 +50,11 @@ logger = logging.getLogger("engine_server.openvino")
 
 SWITCH_INTERVAL_S = 0.0005
 # From this many outputs in one step on, the next step waits (50 ms at most) until the event loop has sent them.
-# Sent while the pipeline computes, the chunks take CPU from its inference threads, which then wait for each
-# other. Measured on 2 cores (docs/openvino.md): at 32 streams the mean TTFT fell 3x and the TPOT rose by a third;
-# at 8 gemma-3 streams TTFT fell by 40% and throughput rose 5-10%. A step with few outputs leaves the loop little
-# to do, and does not wait: at one stream, runs with and without waiting differed by less than their noise.
+# Without the wait the loop gets the GIL only at switch-interval turns between steps and falls behind. Measured on
+# 2 cores (docs/openvino.md): at 32 streams the mean TTFT fell 3x and the TPOT rose by a third; at 8 gemma-3 streams
+# TTFT fell by 40% and throughput rose 5-10%; at 8 SmolLM2 streams, never waiting gave 229 tok/s and a 730 ms TTFT
+# (waiting after every step: 239 and 404 ms; this default, in a run half an hour later: 269 and 426 ms). A step with few outputs leaves the loop little to do, and does not wait: at one
+# stream, runs with and without waiting differed by less than their noise.
 WAIT_FOR_LOOP_FROM = 4
 
 
@@ -85,8 +87,8 @@ class OpenVinoEngine(HfTokenizerMixin):
         model = await asyncio.to_thread(self._resolve_model)
         info = await asyncio.to_thread(self._load, model)
         self._loop = asyncio.get_running_loop()
-        # step() holds the GIL for parts of a step: the event loop, waiting for it, would get it back only after the
-        # default 5 ms switch interval, once per I/O call, and fall behind the engine by many steps.
+        # step() holds the GIL throughout: between steps the event loop, waiting for it, would get it back only after
+        # the default 5 ms switch interval, once per I/O call, and fall behind the engine by many steps.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         self._thread = threading.Thread(target=self._run, name="openvino-steps", daemon=True)
         self._thread.start()
