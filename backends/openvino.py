@@ -53,8 +53,9 @@ SWITCH_INTERVAL_S = 0.0005
 # Without the wait the loop gets the GIL only at switch-interval turns between steps and falls behind. Measured on
 # 2 cores (docs/openvino.md): at 32 streams the mean TTFT fell 3x and the TPOT rose by a third; at 8 gemma-3 streams
 # TTFT fell by 40% and throughput rose 5-10%; at 8 SmolLM2 streams, never waiting gave 229 tok/s and a 730 ms TTFT
-# (waiting after every step: 239 and 404 ms; this default, in a run half an hour later: 269 and 426 ms). A step with few outputs leaves the loop little to do, and does not wait: at one
-# stream, runs with and without waiting differed by less than their noise.
+# (waiting after every step: 239 and 404 ms; this default, in a run half an hour later: 269 and 426 ms). A step
+# with few outputs leaves the loop little to do, and does not wait: at one stream, runs with and without waiting
+# differed by less than their noise.
 WAIT_FOR_LOOP_FROM = 4
 
 
