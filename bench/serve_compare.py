@@ -138,19 +138,19 @@ def run_group(
     if "raw-engine" in contenders:
         _say(f"starting the raw engine on {group}")
         bench.raw("raw engine", run_raw_engine, model, workloads)
+    # A built-in model by its name, so that our server and the raw pipeline apply its defaults for it (int8 weights
+    # under auto) and run the same export.
+    ov_model, cache = _as_builtin(model, group)
     if "engine-server-openvino" in contenders:
         # Our server on the openvino backend, exported from the same checkpoint in the same dtype (the first start
         # exports into the engine-server cache; the raw pipeline then finds the export there).
         _say(f"starting engine-server (openvino) on {group}")
-        # A built-in model by its name, so that the server applies its defaults for it (int8 weights under auto).
-        ov_model, cache = _as_builtin(model, group)
         with our_server(ov_model, served_name, settings, logs / f"ours-openvino-{group}.log", "openvino", cache) as ov:
             bench.http(OURS_OPENVINO, ov, workloads, served_name)
             if ov.export is not None:
                 bench.exports[group] = ov.export
     if "raw-pipeline" in contenders:
         _say(f"starting the raw OpenVINO pipeline on {group}")
-        ov_model, cache = _as_builtin(model, group)
         runner = functools.partial(run_raw_pipeline, served_as=ov_model, cache_dir=cache)
         bench.raw("raw pipeline", runner, model, workloads)
     if "llama-server" in contenders and llama is not None and group in BUILTIN:
