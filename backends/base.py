@@ -79,6 +79,7 @@ class CompletionDelta:
     num_tokens: int
     logprobs: list[TokenLogprob] | None = None
     finish_reason: FinishReason | None = None
+    stop_sequence: str | None = None  # the stop string that ended the sequence, when one did
 
 
 @dataclass
@@ -86,6 +87,7 @@ class StepOutput:
     num_prompt_tokens: int
     deltas: list[CompletionDelta] = field(default_factory=list)
     finished: bool = False
+    num_cached_tokens: int | None = None  # prompt tokens found in the prefix cache; None: not reported by the engine
 
 
 @dataclass(frozen=True)

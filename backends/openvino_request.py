@@ -68,7 +68,8 @@ class OpenVinoRequest:
         stop_terminated = reason == "stop" and bool(ids) and ids[-1] in self.stop_token_ids
         detok = self.detoks[index]
         before = detok.num_tokens
-        if detok.update(ids, stop_terminated) is not None:
+        stop = detok.update(ids, stop_terminated)
+        if stop is not None:
             reason = "stop"
         num_new = detok.num_tokens - before
         if reason is not None:
@@ -77,7 +78,7 @@ class OpenVinoRequest:
         if self.request.sampling.logprobs is not None:
             kept = zip(ids[:num_new], out.generated_log_probs, strict=False)
             logprobs = [self._logprob(token_id, logprob) for token_id, logprob in kept]
-        return CompletionDelta(index, detok.next_text(reason is not None), num_new, logprobs, reason)
+        return CompletionDelta(index, detok.next_text(reason is not None), num_new, logprobs, reason, stop)
 
     def _logprob(self, token_id: int, logprob: float) -> TokenLogprob:
         text = str(self.tokenizer.decode([token_id]))
@@ -99,5 +100,6 @@ def merge_outputs(outputs: list[StepOutput]) -> StepOutput:
             if d.logprobs is not None:
                 m.logprobs = (m.logprobs or []) + d.logprobs
             m.finish_reason = d.finish_reason or m.finish_reason
+            m.stop_sequence = d.stop_sequence or m.stop_sequence
     last = outputs[-1]
     return StepOutput(last.num_prompt_tokens, [merged[i] for i in sorted(merged)], finished=last.finished)

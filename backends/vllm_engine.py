@@ -169,6 +169,7 @@ class VllmEngine(HfTokenizerMixin):
                     num_prompt_tokens=len(out.prompt_token_ids or ()),
                     deltas=[self._delta(c) for c in out.outputs],
                     finished=out.finished,
+                    num_cached_tokens=out.num_cached_tokens,
                 )
         except VllmDeadError as exc:
             raise EngineDeadError(self._lost or str(exc) or "the vLLM engine died") from exc
@@ -212,9 +213,8 @@ class VllmEngine(HfTokenizerMixin):
                 for token_id, position in zip(c.token_ids, c.logprobs, strict=True)
             ]
         finish = c.finish_reason if c.finish_reason in ("stop", "length", "abort") else None
-        return CompletionDelta(
-            index=c.index, text=c.text, num_tokens=len(c.token_ids), logprobs=logprobs, finish_reason=finish
-        )
+        stop = c.stop_reason if isinstance(c.stop_reason, str) else None  # an int: the stop token id
+        return CompletionDelta(c.index, c.text, len(c.token_ids), logprobs, finish, stop)
 
     def _token_logprob(self, token_id: int, position: dict[int, Any]) -> TokenLogprob:
         chosen = position[token_id]

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from functools import partial
 from typing import Any, TypeVar
 
@@ -19,7 +19,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from backends.base import Engine, EngineError
-from engine_server import __version__, responses
+from engine_server import __version__, anthropic, responses
 from engine_server.config import Config
 from engine_server.errors import (
     APIError,
@@ -36,9 +36,10 @@ from engine_server.openapi import openapi_schema
 from engine_server.protocol import ChatCompletionRequest, CompletionRequest
 from engine_server.responses import ResponsesRequest, Turn
 from engine_server.responses_stream import named_frame, response_events
-from engine_server.serving import Serving
+from engine_server.serving import Prepared, Serving
 from engine_server.state import State, TooManyRequests
 from engine_server.streaming import ClientDisconnected, event_stream, until_disconnect
+from engine_server.surface import Surface
 from engine_server.tokens import routes as token_routes
 
 M = TypeVar("M", bound=BaseModel)
@@ -128,13 +129,14 @@ def create_app(config: Config, engine: Engine | None = None, on_fatal: Callable[
         body = await _parse(request, schema)
         serving = state.ready_serving()
         check_model(body.model)
-        return await run(request, serving, body)
+        return await run(request, serving, body, openai_surface(serving))
 
     async def create_response(request: Request) -> Response:
         body = await _parse(request, ResponsesRequest)
         serving = state.ready_serving()
         check_model(body.model)
-        return await run(request, serving, responses.to_chat(body, store, config.model_name))
+        turn = responses.to_chat(body, store, config.model_name)
+        return await run(request, serving, turn.chat, openai_surface(serving, turn))
 
     def check_model(model: str | None) -> None:
         if config.strict_model_name and model not in (None, config.model_name):
@@ -145,35 +147,78 @@ def create_app(config: Config, engine: Engine | None = None, on_fatal: Callable[
             )
 
     async def run(
-        request: Request, serving: Serving, body: ChatCompletionRequest | CompletionRequest | Turn
+        request: Request,
+        serving: Serving,
+        chat: ChatCompletionRequest | CompletionRequest,
+        surface: Surface,
     ) -> Response:
-        """Admit and serve a generation request: chat, completion, or a Responses turn (on the chat path)."""
-        turn = body if isinstance(body, Turn) else None
-        chat = turn.chat if turn is not None else body
-        assert not isinstance(chat, Turn)
+        """Admit and serve a generation request on the chat path, answered in its API's shape."""
         try:
             admission = state.admit()
         except TooManyRequests as exc:
-            return JSONResponse(exc.body(), status_code=exc.status_code, headers={"Retry-After": RETRY_AFTER_S})
+            response = surface.error(exc)
+            response.headers["Retry-After"] = RETRY_AFTER_S
+            return response
         try:
-            prepared = serving.prepare(chat)
+            prepared = serving.prepare(chat, fit_max_tokens=surface.fit_max_tokens)
         except BaseException:
             admission.release()
             raise
         if chat.is_stream:
             # The stream releases the admission when it ends, however it ends.
-            if turn is None:
-                return await event_stream(request, serving.chunks(prepared), admission.release, config.request_timeout)
-            events = response_events(turn, serving.chunks(prepared), store)
-            return await event_stream(request, events, admission.release, config.request_timeout, named_frame, b"")
+            events = surface.events(prepared)
+            timeout = config.request_timeout
+            return await event_stream(
+                request, events, admission.release, timeout, surface.framer, surface.done, surface.error_body
+            )
         try:
-            work = asyncio.wait_for(serving.complete(prepared), config.request_timeout)
-            result = await until_disconnect(request, work)
-            return JSONResponse(result if turn is None else responses.from_completion(turn, result, store))
+            work = asyncio.wait_for(surface.complete(prepared), config.request_timeout)
+            return JSONResponse(await until_disconnect(request, work))
         except ClientDisconnected:
             return Response(status_code=499)
         finally:
             admission.release()
+
+    def openai_surface(serving: Serving, turn: Turn | None = None) -> Surface:
+        if turn is None:
+            return Surface(serving.chunks, serving.complete, error_response)
+
+        async def complete(prepared: Prepared) -> dict[str, Any]:
+            return responses.from_completion(turn, await serving.complete(prepared), store)
+
+        def events(prepared: Prepared) -> AsyncGenerator[str, None]:
+            return response_events(turn, serving.chunks(prepared), store)
+
+        return Surface(events, complete, error_response, named_frame, b"")
+
+    async def messages(request: Request) -> Response:
+        try:
+            body = await _parse(request, anthropic.MessagesRequest)
+            serving = state.ready_serving()
+            check_model(body.model)
+            chat = anthropic.to_chat(body, config.model_name)
+            surface = Surface(
+                partial(anthropic.message_events, serving),
+                partial(anthropic.complete_message, serving),
+                anthropic.error_response,
+                named_frame,
+                b"",
+                anthropic.api_error_body,
+                fit_max_tokens=True,
+            )
+            return await run(request, serving, chat, surface)
+        except Exception as exc:
+            return anthropic.error_response(exc)
+
+    async def count_tokens(request: Request) -> Response:
+        try:
+            body = await _parse(request, anthropic.CountTokensRequest)
+            serving = state.ready_serving()
+            check_model(body.model)
+            ids, _ = serving.chat_prompt(anthropic.to_chat(body, config.model_name))
+            return JSONResponse({"input_tokens": len(ids)})
+        except Exception as exc:
+            return anthropic.error_response(exc)
 
     async def stored_response(request: Request) -> Response:
         state.ready_serving()
@@ -193,6 +238,8 @@ def create_app(config: Config, engine: Engine | None = None, on_fatal: Callable[
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/responses", create_response, methods=["POST"]),
+        Route("/v1/messages", messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
         Route("/v1/responses/{response_id}", stored_response, methods=["GET", "DELETE"]),
         *token_routes,
     ]

@@ -30,6 +30,20 @@ class BadRequest(APIError):
     type = "invalid_request_error"
 
 
+class PromptTooLong(BadRequest):
+    """The prompt fills the model's context: each API words it its own way, from both counts."""
+
+    def __init__(self, num_prompt_tokens: int, limit: int, param: str) -> None:
+        super().__init__(
+            f"This model's maximum context length is {limit} tokens. However, your prompt has "
+            f"{num_prompt_tokens} tokens, which leaves no room for output. Please shorten the prompt.",
+            param=param,
+            code="context_length_exceeded",
+        )
+        self.num_prompt_tokens = num_prompt_tokens
+        self.limit = limit
+
+
 class NotFound(APIError):
     status_code = 404
     type = "not_found_error"

@@ -16,6 +16,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from engine_server.anthropic.errors import error_body as anthropic_error_body
 from engine_server.config import Secret
 from engine_server.errors import PayloadTooLarge
 from engine_server.metrics import Metrics
@@ -26,8 +27,16 @@ OPEN_PATHS = frozenset({"/health", "/v1/health_check"})
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-async def send_error(send: Send, status: int, message: str, type_: str, code: str, headers: dict[str, str]) -> None:
-    body = json.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}}).encode()
+ANTHROPIC_PREFIX = "/v1/messages"  # paths answered in Anthropic's error shape
+
+
+async def send_error(
+    send: Send, status: int, message: str, type_: str, code: str, headers: dict[str, str], path: str = ""
+) -> None:
+    error: dict[str, Any] = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    if path.startswith(ANTHROPIC_PREFIX):
+        error = anthropic_error_body(status, message)
+    body = json.dumps(error).encode()
     raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw_headers += [(k.encode(), v.encode()) for k, v in headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
@@ -72,7 +81,8 @@ class Guard:
         given = _header(scope, b"x-request-id")
         request_id = given if given and _SAFE_ID.match(given) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
-        route = scope["path"] if scope["path"] in self.routes else "other"
+        path = scope["path"]
+        route = path if path in self.routes else "other"
         started = time.monotonic()
         status = 0
 
@@ -88,23 +98,24 @@ class Guard:
             # uvicorn's httptools parser, unlike h11, has no limit of its own on the request head.
             if self.max_head is not None and _head_bytes(scope) > self.max_head:
                 message = f"The request line and headers exceed the limit of {self.max_head} bytes."
-                await send_error(tracked_send, 431, message, "invalid_request_error", "headers_too_large", {})
+                await send_error(tracked_send, 431, message, "invalid_request_error", "headers_too_large", {}, path)
                 return
             if self.keys and scope["path"] not in OPEN_PATHS and not self._authorized(scope):
-                await send_error(
-                    tracked_send, 401, "Missing or invalid API key.", "authentication_error", "invalid_api_key", {}
-                )
+                message = "Missing or invalid API key."
+                await send_error(tracked_send, 401, message, "authentication_error", "invalid_api_key", {}, path)
                 return
             length = _header(scope, b"content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body:
-                await send_error(tracked_send, 413, self._too_large(), "invalid_request_error", "body_too_large", {})
+                await send_error(
+                    tracked_send, 413, self._too_large(), "invalid_request_error", "body_too_large", {}, path
+                )
                 return
             try:
                 await self.app(scope, self._limited(receive), tracked_send)
             except PayloadTooLarge:
                 if status == 0:
                     await send_error(
-                        tracked_send, 413, self._too_large(), "invalid_request_error", "body_too_large", {}
+                        tracked_send, 413, self._too_large(), "invalid_request_error", "body_too_large", {}, path
                     )
         finally:
             logger.info(
@@ -117,11 +128,15 @@ class Guard:
             request_id_var.reset(token)
 
     def _authorized(self, scope: Scope) -> bool:
+        """A key as a bearer token (OpenAI's clients) or in x-api-key (Anthropic's)."""
         auth = _header(scope, b"authorization") or ""
         scheme, _, given = auth.partition(" ")
-        if scheme.lower() != "bearer":
+        if scheme.lower() == "bearer":
+            presented = given.strip().encode()
+        else:
+            presented = (_header(scope, b"x-api-key") or "").strip().encode()
+        if not presented:
             return False
-        presented = given.strip().encode()
         # Compare with every key, in constant time each, so timing tells nothing about which or how much matched.
         results = [hmac.compare_digest(presented, key) for key in self.keys]
         return any(results)

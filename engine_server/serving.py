@@ -18,7 +18,7 @@ from backends.base import (
     TokenLogprob,
 )
 from engine_server.config import Config
-from engine_server.errors import BadRequest
+from engine_server.errors import BadRequest, PromptTooLong
 from engine_server.metrics import Metrics
 from engine_server.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from engine_server.shapes import chat_logprobs, chat_message, plain_chunk, stream_choice, text_logprobs, tool_deltas
@@ -44,11 +44,21 @@ class Prepared:
 
 
 @dataclass
+class Collected:
+    """A whole (non-streamed) result: every choice, and the prompt's token counts."""
+
+    choices: list[Choice]
+    num_prompt_tokens: int
+    num_cached_tokens: int | None
+
+
+@dataclass
 class Choice:
     text: list[str] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
     num_tokens: int = 0
     finish_reason: str | None = None
+    stop_sequence: str | None = None
 
 
 class Serving:
@@ -65,7 +75,9 @@ class Serving:
 
     # -- preparing -------------------------------------------------------------------------------------------
 
-    def prepare(self, req: Request) -> Prepared:
+    def prepare(self, req: Request, fit_max_tokens: bool = False) -> Prepared:
+        """fit_max_tokens: the request's max_tokens is a ceiling that the room left in the context (and the server's
+        limit) may lower, as on the Anthropic API, where clients send one ceiling for every model."""
         plan = None
         if isinstance(req, ChatCompletionRequest):
             if isinstance(req.messages, str):
@@ -80,7 +92,7 @@ class Serving:
         request_id = f"{prefix}-{uuid.uuid4().hex}"
         structured = _structured(req, plan)
         requests = [
-            GenerateRequest(f"{request_id}-{i}", ids, self._sampling(req, len(ids), structured))
+            GenerateRequest(f"{request_id}-{i}", ids, self._sampling(req, len(ids), structured, fit_max_tokens))
             for i, ids in enumerate(prompts)
         ]
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -131,8 +143,8 @@ class Serving:
             )
         limit_tokens = self.config.max_tokens_limit
         if limit_tokens is not None and max_tokens > limit_tokens:
-            if req.max_output_tokens is None:
-                max_tokens = limit_tokens  # unset: as many as the server allows
+            if req.max_output_tokens is None or fit_max_tokens:
+                max_tokens = limit_tokens  # unset (or a ceiling): as many as the server allows
             else:
                 raise BadRequest(
                     f"max_tokens is {max_tokens}; this server allows at most {limit_tokens}.", param="max_tokens"
@@ -163,7 +175,7 @@ class Serving:
 
     # -- running ---------------------------------------------------------------------------------------------
 
-    async def steps(self, prepared: Prepared) -> AsyncIterator[tuple[int, StepOutput]]:
+    async def steps(self, prepared: Prepared) -> AsyncGenerator[tuple[int, StepOutput], None]:
         """Engine outputs of all the request's prompts as they come, timed for the latency histograms and counted
         by finish reason when they end."""
         last = [0.0] * len(prepared.requests)
@@ -212,11 +224,14 @@ class Serving:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def complete(self, prepared: Prepared) -> dict[str, Any]:
+    async def collect(self, prepared: Prepared) -> Collected:
+        """Run the request to its end: every choice's text, counts, logprobs and finish."""
         choices = [Choice() for _ in range(len(prepared.requests) * prepared.n)]
         num_prompt = [0] * len(prepared.requests)
+        cached: list[int | None] = [None] * len(prepared.requests)
         async for i, step in self.steps(prepared):
             num_prompt[i] = step.num_prompt_tokens
+            cached[i] = step.num_cached_tokens if step.num_cached_tokens is not None else cached[i]
             for d in step.deltas:
                 choice = choices[i * prepared.n + d.index]
                 choice.text.append(d.text)
@@ -224,7 +239,14 @@ class Serving:
                 if d.logprobs is not None:
                     choice.logprobs = (choice.logprobs or []) + d.logprobs
                 choice.finish_reason = d.finish_reason or choice.finish_reason
-        usage = self._usage(sum(num_prompt), sum(c.num_tokens for c in choices))
+                choice.stop_sequence = d.stop_sequence or choice.stop_sequence
+        known = [c for c in cached if c is not None]
+        return Collected(choices, sum(num_prompt), sum(known) if known else None)
+
+    async def complete(self, prepared: Prepared) -> dict[str, Any]:
+        collected = await self.collect(prepared)
+        choices = collected.choices
+        usage = self.usage(collected.num_prompt_tokens, sum(c.num_tokens for c in choices))
         if prepared.kind == "chat":
             return {
                 "id": prepared.id,
@@ -312,11 +334,12 @@ class Serving:
                 else:
                     choice = stream_choice(False, index, d.text, text_logprobs(d.logprobs, offset), d.finish_reason)
                 yield encode({**head, "choices": [choice]})
-        usage = self._usage(sum(num_prompt), num_output)
+        usage = self.usage(sum(num_prompt), num_output)
         if prepared.include_usage:
             yield encode({**head, "choices": [], "usage": usage})
 
-    def _usage(self, num_prompt: int, num_output: int) -> dict[str, int]:
+    def usage(self, num_prompt: int, num_output: int) -> dict[str, int]:
+        """The usage of a finished request, counted in the metrics."""
         self.metrics.record_usage(num_prompt, num_output)
         return {"prompt_tokens": num_prompt, "completion_tokens": num_output, "total_tokens": num_prompt + num_output}
 

@@ -7,12 +7,12 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from engine_server.errors import from_engine_error
+from engine_server.errors import APIError, from_engine_error
 
 logger = logging.getLogger("engine_server")
 T = TypeVar("T")
@@ -64,6 +64,7 @@ async def event_stream(
     timeout: float | None,
     framer: Callable[[str], bytes] = frame,
     done: bytes = DONE,
+    error_body: Callable[[APIError], dict[str, Any]] = APIError.body,
 ) -> Response:
     """SSE of the chunks (JSON text, framed by `framer`), then `done` ([DONE]; b"": nothing). The first chunk is
     awaited before the status line, so that a request the engine refuses still gets its 4xx; after that, errors
@@ -89,7 +90,7 @@ async def event_stream(
                     yield framer(chunk)
         except Exception as exc:
             logger.warning("stream ended by an error: %s", exc)
-            yield framer(encode(from_engine_error(exc).body()))
+            yield framer(encode(error_body(from_engine_error(exc))))
         finally:
             await chunks.aclose()
             on_close()

@@ -1,0 +1,119 @@
+"""A Messages response from the engine's output: whole, or streamed as the API's events.
+
+Streamed: message_start (with the prompt's usage), ping; per content block content_block_start,
+content_block_delta (text_delta or input_json_delta)..., content_block_stop; then message_delta (stop reason,
+output tokens) and message_stop. Every delta belongs to a block that was started and not yet stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from engine_server.anthropic.translate import content_blocks, message, stop_reason, tool_use_id, usage
+from engine_server.serving import Prepared, Serving
+from engine_server.shapes import chat_message
+from engine_server.streaming import encode
+from engine_server.tools import ChoiceTools
+
+
+async def complete_message(serving: Serving, prepared: Prepared) -> dict[str, Any]:
+    """The whole message of a non-streamed request (one prompt, one choice)."""
+    collected = await serving.collect(prepared)
+    choice = collected.choices[0]
+    chat = chat_message(prepared.tools, "".join(choice.text), choice.finish_reason)
+    blocks = content_blocks(chat["message"])
+    called = any(b["type"] == "tool_use" for b in blocks)
+    serving.usage(collected.num_prompt_tokens, choice.num_tokens)
+    use = usage(collected.num_prompt_tokens, collected.num_cached_tokens, choice.num_tokens)
+    reason = stop_reason(choice.finish_reason, choice.stop_sequence, called)
+    return message(prepared.model, blocks, reason, choice.stop_sequence, use)
+
+
+class _Blocks:
+    """The content blocks as they open and close, and the events that tell it."""
+
+    def __init__(self) -> None:
+        self.index = -1
+        self.open: str | None = None  # the type of the block in progress
+        self.num_calls = 0
+
+    def text(self, text: str) -> list[str]:
+        events = [] if self.open == "text" else [*self.close(), self._start({"type": "text", "text": ""})]
+        return [*events, self._delta({"type": "text_delta", "text": text})]
+
+    def call(self, name: str) -> list[str]:
+        self.num_calls += 1
+        return [*self.close(), self._start({"type": "tool_use", "id": tool_use_id(), "name": name, "input": {}})]
+
+    def arguments_delta(self, text: str) -> list[str]:
+        return [self._delta({"type": "input_json_delta", "partial_json": text})]
+
+    def close(self) -> list[str]:
+        if self.open is None:
+            return []
+        self.open = None
+        return [encode({"type": "content_block_stop", "index": self.index})]
+
+    def _start(self, block: dict[str, Any]) -> str:
+        self.index += 1
+        self.open = block["type"]
+        return encode({"type": "content_block_start", "index": self.index, "content_block": block})
+
+    def _delta(self, delta: dict[str, Any]) -> str:
+        return encode({"type": "content_block_delta", "index": self.index, "delta": delta})
+
+
+async def message_events(serving: Serving, prepared: Prepared) -> AsyncGenerator[str, None]:
+    """The events of one streamed message (one prompt, one choice)."""
+    steps = serving.steps(prepared)
+    blocks = _Blocks()
+    shaper = ChoiceTools(prepared.tools) if prepared.tools is not None else None
+    num_output = 0
+    finish: str | None = None
+    stop: str | None = None
+    started = False
+    try:
+        async for _, step in steps:
+            if not started:
+                started = True
+                use = usage(step.num_prompt_tokens, step.num_cached_tokens, 0)
+                yield encode({"type": "message_start", "message": message(prepared.model, [], None, None, use)})
+                yield encode({"type": "ping"})
+            for d in step.deltas:
+                num_output += d.num_tokens
+                finish = d.finish_reason or finish
+                stop = d.stop_sequence or stop
+                if shaper is None:
+                    for event in blocks.text(d.text) if d.text else []:
+                        yield event
+                    continue
+                deltas = shaper.feed(d.text) + (shaper.finish() if d.finish_reason is not None else [])
+                for delta in deltas:
+                    for event in _chat_delta_events(blocks, delta):
+                        yield event
+    finally:
+        await steps.aclose()  # a client gone mid-stream: the engine request is aborted now
+    for event in blocks.close():
+        yield event
+    serving.usage(prompt_tokens(prepared), num_output)
+    delta = {"stop_reason": stop_reason(finish, stop, blocks.num_calls > 0), "stop_sequence": stop}
+    yield encode({"type": "message_delta", "delta": delta, "usage": {"output_tokens": num_output}})
+    yield encode({"type": "message_stop"})
+
+
+def prompt_tokens(prepared: Prepared) -> int:
+    return sum(len(r.prompt_token_ids) for r in prepared.requests)
+
+
+def _chat_delta_events(blocks: _Blocks, delta: dict[str, Any]) -> list[str]:
+    """A chat delta of the tool reader (content, or a call's start or argument piece) as block events."""
+    events: list[str] = []
+    if delta.get("content"):
+        events += blocks.text(delta["content"])
+    for call in delta.get("tool_calls") or []:
+        if "id" in call:
+            events += blocks.call(call["function"]["name"])
+        if call["function"].get("arguments"):
+            events += blocks.arguments_delta(call["function"]["arguments"])
+    return events
