@@ -31,7 +31,7 @@ from engine_server.errors import (
     handle_http_exception,
 )
 from engine_server.metrics import CONTENT_TYPE, Metrics
-from engine_server.middleware import Guard
+from engine_server.middleware import ANTHROPIC_PREFIX, Guard
 from engine_server.openapi import openapi_schema
 from engine_server.protocol import ChatCompletionRequest, CompletionRequest
 from engine_server.responses import ResponsesRequest, Turn
@@ -250,12 +250,20 @@ def create_app(config: Config, engine: Engine | None = None, on_fatal: Callable[
             APIError: handle_api_error,
             EngineError: handle_api_error,
             TimeoutError: handle_api_error,  # request_timeout
-            HTTPException: handle_http_exception,
+            HTTPException: http_error,
             Exception: handle_api_error,  # anything else: a 500 in the envelope (and logged by Starlette)
         },
     )
     app.state.server = state
     return Service(app, metrics, config)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """A routing error (404, 405) in the shape of the API whose path was asked for."""
+    if request.url.path.startswith(ANTHROPIC_PREFIX):
+        status = getattr(exc, "status_code", 500)
+        return JSONResponse(anthropic.error_body(status, str(getattr(exc, "detail", "error"))), status_code=status)
+    return await handle_http_exception(request, exc)
 
 
 class Service:

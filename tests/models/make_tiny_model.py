@@ -11,6 +11,7 @@ import random
 import shutil
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,12 +58,12 @@ QUESTIONS = ["What is", "Who wrote", "Where is", "How many", "Why does", "When d
 KEYS = ["name", "city", "country", "age", "id", "items", "value", "ok", "score", "tags"]
 
 
-def default_path() -> Path:
+def default_path(version: str = VERSION) -> Path:
     base = os.environ.get("ENGINE_SERVER_CACHE_DIR")
     if base:
-        return Path(base) / "test-models" / VERSION
+        return Path(base) / "test-models" / version
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "engine-server" / "test-models" / VERSION
+    return cache / "engine-server" / "test-models" / version
 
 
 def _corpus(num_lines: int = 20000) -> list[str]:
@@ -138,7 +139,8 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def _write_model(out: Path) -> None:
+def _write_model(out: Path, max_positions: int = MAX_POSITIONS) -> dict[str, int]:
+    """Tokenizer and config files of the tiny Llama and its random weights; returns the special token ids."""
     from safetensors.torch import save_file
 
     tok = _tokenizer()
@@ -151,14 +153,14 @@ def _write_model(out: Path) -> None:
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": BOS, "eos_token": EOS, "unk_token": UNK, "pad_token": PAD,
         "add_bos_token": True, "add_eos_token": False,
-        "model_max_length": MAX_POSITIONS, "clean_up_tokenization_spaces": False,
+        "model_max_length": max_positions, "clean_up_tokenization_spaces": False,
         "chat_template": CHAT_TEMPLATE,
     })  # fmt: skip
     _write_json(out / "config.json", {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "hidden_size": HIDDEN, "intermediate_size": INTERMEDIATE, "num_hidden_layers": NUM_LAYERS,
         "num_attention_heads": NUM_HEADS, "num_key_value_heads": NUM_KV_HEADS, "head_dim": HEAD_DIM,
-        "vocab_size": vocab_size, "max_position_embeddings": MAX_POSITIONS, "hidden_act": "silu",
+        "vocab_size": vocab_size, "max_position_embeddings": max_positions, "hidden_act": "silu",
         "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": True,
         "attention_bias": False, "mlp_bias": False, "initializer_range": 0.02,
         "bos_token_id": ids["bos"], "eos_token_id": ids["eos"], "pad_token_id": ids["pad"],
@@ -168,33 +170,35 @@ def _write_model(out: Path) -> None:
         "bos_token_id": ids["bos"], "eos_token_id": ids["eos"], "pad_token_id": ids["pad"],
     })  # fmt: skip
     save_file(_weights(vocab_size), str(out / "model.safetensors"), metadata={"format": "pt"})
+    return ids
 
 
-def _is_complete(path: Path) -> bool:
+def _is_complete(path: Path, version: str) -> bool:
     marker = path / MARKER
-    return marker.is_file() and marker.read_text().strip() == VERSION
+    return marker.is_file() and marker.read_text().strip() == version
 
 
-def build(out_dir: Path | None = None) -> Path:
-    """Build the model into out_dir (default: default_path()) unless a complete copy is already there."""
-    out = Path(out_dir) if out_dir is not None else default_path()
-    if _is_complete(out):
+def build(out_dir: Path | None = None, version: str = VERSION, write: Callable[[Path], object] = _write_model) -> Path:
+    """Build a model with `write` into out_dir (default: default_path(version)) unless a complete copy of that
+    version is already there."""
+    out = Path(out_dir) if out_dir is not None else default_path(version)
+    if _is_complete(out, version):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the target and rename, so concurrent test sessions never see a half-written model.
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        _write_model(tmp)
-        (tmp / MARKER).write_text(VERSION + "\n")
-        if _is_complete(out):  # another process finished first
+        write(tmp)
+        (tmp / MARKER).write_text(version + "\n")
+        if _is_complete(out, version):  # another process finished first
             return out
         if out.exists():
             shutil.rmtree(out)  # stale version or interrupted copy
         try:
             os.replace(tmp, out)
         except OSError:
-            if not _is_complete(out):  # not a lost race with another builder: a real error
+            if not _is_complete(out, version):  # not a lost race with another builder: a real error
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
