@@ -8,97 +8,23 @@ import collections
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
 from engine_server.errors import BadRequest, NotFound, from_validation_error
-from engine_server.protocol import ChatCompletionRequest, FieldError, PositiveInt, Strict
+from engine_server.protocol import ChatCompletionRequest, FieldError
+from engine_server.responses_protocol import (
+    CustomToolCallItem,
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    MessageItem,
+    ResponsesRequest,
+    TextFormat,
+)
+from engine_server.responses_tools import Offered, call_item, chat_call, chat_tool_choice, echoed_tools, tool_set
 
-
-class InputText(Strict):
-    type: Literal["input_text", "output_text"]
-    text: str
-    annotations: list[Any] | None = None
-    logprobs: list[Any] | None = None
-
-
-class MessageItem(Strict):
-    type: Literal["message"] = "message"
-    role: Literal["user", "assistant", "system", "developer"]
-    content: str | list[InputText]
-    id: str | None = None
-    status: str | None = None
-
-
-class FunctionCallItem(Strict):
-    type: Literal["function_call"]
-    call_id: str
-    name: str
-    arguments: str
-    id: str | None = None
-    status: str | None = None
-
-
-class FunctionCallOutputItem(Strict):
-    type: Literal["function_call_output"]
-    call_id: str
-    output: str
-    id: str | None = None
-    status: str | None = None
-
-
-InputItem = Annotated[MessageItem | FunctionCallItem | FunctionCallOutputItem, Field(union_mode="left_to_right")]
-
-
-class FunctionTool(Strict):
-    type: Literal["function"]
-    name: str
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
-
-
-class FunctionChoice(Strict):
-    type: Literal["function"]
-    name: str
-
-
-class TextFormat(Strict):
-    type: Literal["text", "json_object", "json_schema"]
-    name: str | None = None
-    description: str | None = None
-    schema_: dict[str, Any] | None = Field(None, alias="schema")
-    strict: bool | None = None
-
-
-class TextConfig(Strict):
-    format: TextFormat | None = None
-    verbosity: Literal["medium"] | None = None  # the only one a model without verbosity control gives
-
-
-class ResponsesRequest(Strict):
-    model: str | None = None
-    input: str | list[InputItem]
-    instructions: str | None = None
-    tools: list[FunctionTool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | FunctionChoice | None = None
-    parallel_tool_calls: bool = True
-    text: TextConfig | None = None
-    max_output_tokens: PositiveInt | None = None
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    stream: bool = False
-    store: bool = True
-    previous_response_id: str | None = None
-    metadata: dict[str, str] | None = None
-    user: str | None = None
-    # Accepted only at the value that asks for nothing this server lacks.
-    truncation: Literal["disabled"] | None = None
-    include: Annotated[list[str], Field(max_length=0)] | None = None
-    reasoning: None = None
-    background: Literal[False] | None = None
-    service_tier: Literal["auto", "default"] | None = None
+__all__ = ["ResponseStore", "ResponsesRequest", "Turn", "from_completion", "response_object", "to_chat"]
 
 
 @dataclass
@@ -146,6 +72,7 @@ class Turn:
     model: str
     id: str
     created_at: int
+    tools: dict[str, Offered]  # the names the model was offered: function or custom tool, and namespace
 
 
 def to_chat(req: ResponsesRequest, store: ResponseStore, model: str) -> Turn:
@@ -154,6 +81,7 @@ def to_chat(req: ResponsesRequest, store: ResponseStore, model: str) -> Turn:
         history = list(store.get(req.previous_response_id, "previous_response_id").messages)
     messages = history + _input_messages(req.input)
     system = [{"role": "system", "content": req.instructions}] if req.instructions else []
+    tools = tool_set(req.tools)
     body: dict[str, Any] = {
         "model": req.model,
         "messages": system + messages,
@@ -164,21 +92,9 @@ def to_chat(req: ResponsesRequest, store: ResponseStore, model: str) -> Turn:
         "stream": req.stream,
         "stream_options": {"include_usage": True} if req.stream else None,
         "user": req.user,
+        "tools": tools.chat_tools or None,
+        "tool_choice": chat_tool_choice(req.tool_choice, tools) if req.tool_choice is not None else None,
     }
-    if req.tools:
-        # A Responses function tool is strict unless it says otherwise (a chat tool is not).
-        body["tools"] = [
-            {
-                "type": "function",
-                "function": {**t.model_dump(exclude={"type"}, exclude_none=True), "strict": t.strict is not False},
-            }
-            for t in req.tools
-        ]
-    if req.tool_choice is not None:
-        choice = req.tool_choice
-        body["tool_choice"] = (
-            choice if isinstance(choice, str) else {"type": "function", "function": {"name": choice.name}}
-        )
     fmt = req.text.format if req.text else None
     if fmt is not None and fmt.type == "json_schema":
         if fmt.schema_ is None:
@@ -190,14 +106,18 @@ def to_chat(req: ResponsesRequest, store: ResponseStore, model: str) -> Turn:
     try:
         chat = ChatCompletionRequest.model_validate({k: v for k, v in body.items() if v is not None})
     except ValidationError as exc:
-        raise from_validation_error(exc) from None
+        error = from_validation_error(exc)
+        raise BadRequest(error.message, param=tools.param(error.param or ""), code=error.code) from None
     except FieldError as exc:
-        raise BadRequest(str(exc), param=exc.param) from None
-    return Turn(req, chat, messages, model, f"resp_{uuid.uuid4().hex}", int(time.time()))
+        raise BadRequest(str(exc), param=tools.param(exc.param)) from None
+    return Turn(req, chat, messages, model, f"resp_{uuid.uuid4().hex}", int(time.time()), tools.names)
 
 
 def _input_messages(items: str | list[Any]) -> list[dict[str, Any]]:
-    """Input items as chat messages: consecutive function calls become one assistant message's tool_calls."""
+    """Input items as chat messages: an assistant message and the calls after it become one assistant message.
+
+    Reasoning items are left out: this server's chat messages have no place for reasoning, and the text in them
+    (another model's summary, or its encrypted content) is not this model's own."""
     if isinstance(items, str):
         return [{"role": "user", "content": items}]
     messages: list[dict[str, Any]] = []
@@ -205,29 +125,25 @@ def _input_messages(items: str | list[Any]) -> list[dict[str, Any]]:
         if isinstance(item, MessageItem):
             text = item.content if isinstance(item.content, str) else "".join(p.text for p in item.content)
             messages.append({"role": item.role, "content": text})
-        elif isinstance(item, FunctionCallItem):
-            call = {
-                "id": item.call_id,
-                "type": "function",
-                "function": {"name": item.name, "arguments": item.arguments},
-            }
+        elif isinstance(item, FunctionCallItem | CustomToolCallItem):
             last = messages[-1] if messages else None
-            if last is not None and last["role"] == "assistant" and "tool_calls" in last:
-                last["tool_calls"].append(call)
+            if last is not None and last["role"] == "assistant":
+                last.setdefault("tool_calls", []).append(chat_call(item))
             else:
-                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        else:
-            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.output})
+                messages.append({"role": "assistant", "content": None, "tool_calls": [chat_call(item)]})
+        elif isinstance(item, FunctionCallOutputItem):
+            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.text})
     return messages
 
 
-def output_items(message: dict[str, Any], status: str = "completed") -> list[dict[str, Any]]:
-    """A chat message as Responses output items: its text, then one function_call item per call."""
+def output_items(turn: Turn, message: dict[str, Any], status: str = "completed") -> list[dict[str, Any]]:
+    """A chat message as Responses output items: its text, then one call item per call."""
     items: list[dict[str, Any]] = []
     if message.get("content") or not message.get("tool_calls"):
         items.append(message_item(message.get("content") or "", status))
     for call in message.get("tool_calls") or []:
-        items.append(function_call_item(call["id"], call["function"]["name"], call["function"]["arguments"], status))
+        function = call["function"]
+        items.append(call_item(turn.tools, call["id"], function["name"], function["arguments"], status))
     return items
 
 
@@ -236,27 +152,16 @@ def message_item(text: str, status: str, item_id: str | None = None) -> dict[str
     return {"type": "message", "id": item_id or _id("msg"), "status": status, "role": "assistant", "content": content}
 
 
-def function_call_item(
-    call_id: str, name: str, arguments: str, status: str, item_id: str | None = None
-) -> dict[str, Any]:
-    return {
-        "type": "function_call",
-        "id": item_id or _id("fc"),
-        "call_id": call_id,
-        "name": name,
-        "arguments": arguments,
-        "status": status,
-    }
-
-
 def response_object(
     turn: Turn, output: list[dict[str, Any]], status: str, usage: dict[str, int] | None
 ) -> dict[str, Any]:
     """The response as the API returns it: the request's settings echoed, the output, and the usage."""
     req = turn.request
     fmt = req.text.format if req.text and req.text.format else TextFormat.model_validate({"type": "text"})
+    verbosity = req.text.verbosity if req.text and req.text.verbosity else "medium"
     choice = req.tool_choice or "auto"
-    return {
+    reasoning = req.reasoning
+    response = {
         "id": turn.id,
         "object": "response",
         "created_at": turn.created_at,
@@ -269,25 +174,31 @@ def response_object(
         "output": output,
         "parallel_tool_calls": req.parallel_tool_calls,
         "previous_response_id": req.previous_response_id,
-        "reasoning": {"effort": None, "summary": None},
+        # What was asked, echoed: this model does not reason, so no reasoning items come of it.
+        "reasoning": {
+            "effort": reasoning.effort if reasoning else None,
+            "summary": (reasoning.summary or reasoning.generate_summary) if reasoning else None,
+        },
         "store": req.store,
         "temperature": req.temperature if req.temperature is not None else 1.0,
-        "text": {"format": fmt.model_dump(by_alias=True, exclude_none=True)},
+        "text": {"format": fmt.model_dump(by_alias=True, exclude_none=True), "verbosity": verbosity},
         "tool_choice": choice if isinstance(choice, str) else choice.model_dump(),
-        "tools": [{**t.model_dump(exclude_none=True), "strict": t.strict is not False} for t in req.tools or []],
+        "tools": echoed_tools(req),
         "top_p": req.top_p if req.top_p is not None else 1.0,
         "truncation": "disabled",
         "usage": _usage(usage) if usage is not None else None,
-        "user": req.user,
         "metadata": req.metadata or {},
     }
+    # Optional fields appear when the request gave them (the spec has no null user, cache key or identifier).
+    given = {"user": req.user, "prompt_cache_key": req.prompt_cache_key, "safety_identifier": req.safety_identifier}
+    return {**response, **{k: v for k, v in given.items() if v is not None}}
 
 
 def from_completion(turn: Turn, completion: dict[str, Any], store: ResponseStore) -> dict[str, Any]:
     """A chat completion (non-streaming) as a response, stored if asked."""
     choice = completion["choices"][0]
     status = "incomplete" if choice["finish_reason"] == "length" else "completed"
-    response = response_object(turn, output_items(choice["message"], "completed"), status, completion["usage"])
+    response = response_object(turn, output_items(turn, choice["message"], "completed"), status, completion["usage"])
     finish(turn, response, choice["message"], store)
     return response
 
@@ -300,9 +211,10 @@ def finish(turn: Turn, response: dict[str, Any], message: dict[str, Any], store:
 
 
 def _usage(usage: dict[str, int]) -> dict[str, Any]:
+    # The engines report no prefix-cache hits per request: nothing read from or written to a prompt cache is counted.
     return {
         "input_tokens": usage["prompt_tokens"],
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": usage["completion_tokens"],
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": usage["total_tokens"],

@@ -1,8 +1,12 @@
 """Streamed responses: the chat chunks of a Responses request as the API's event sequence.
 
 response.created, response.in_progress; per output item: output_item.added, then for a message content_part.added,
-output_text.delta..., output_text.done, content_part.done, and for a call function_call_arguments.delta...,
-function_call_arguments.done; output_item.done; finally response.completed (or response.incomplete when cut short).
+output_text.delta..., output_text.done, content_part.done, for a function call function_call_arguments.delta...,
+function_call_arguments.done, and for a custom tool call custom_tool_call_input.delta, custom_tool_call_input.done;
+output_item.done; finally response.completed (or response.incomplete when cut short).
+
+A custom tool's input is the one string argument of the function the model was offered: it is known once the call's
+JSON ends, so it comes as one delta when the call closes.
 """
 
 from __future__ import annotations
@@ -12,14 +16,8 @@ import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from engine_server.responses import (
-    ResponseStore,
-    Turn,
-    finish,
-    function_call_item,
-    message_item,
-    response_object,
-)
+from engine_server.responses import ResponseStore, Turn, finish, message_item, response_object
+from engine_server.responses_tools import Offered, call_item, custom_input
 from engine_server.streaming import encode, frame
 
 
@@ -34,10 +32,12 @@ def named_frame(data: str) -> bytes:
 class _Events:
     """The output items as they grow, and the events that tell it."""
 
-    def __init__(self) -> None:
+    def __init__(self, tools: dict[str, Offered]) -> None:
         self.seq = itertools.count()
         self.output: list[dict[str, Any]] = []
         self.item: dict[str, Any] | None = None  # the item in progress
+        self.tools = tools
+        self.arguments = ""  # the call in progress's arguments so far
 
     def event(self, kind: str, **fields: Any) -> str:
         return encode({"type": kind, "sequence_number": next(self.seq), **fields})
@@ -53,12 +53,16 @@ class _Events:
 
     def call(self, call_id: str, name: str) -> list[str]:
         events = self.close()
-        self.item = function_call_item(call_id, name, "", "in_progress")
+        self.item = call_item(self.tools, call_id, name, "", "in_progress")
+        self.arguments = ""
         return [*events, self.event("response.output_item.added", output_index=len(self.output), item=self.item)]
 
-    def arguments(self, delta: str) -> list[str]:
-        assert self.item is not None and self.item["type"] == "function_call"
-        self.item["arguments"] += delta
+    def more_arguments(self, delta: str) -> list[str]:
+        assert self.item is not None and self.item["type"] in ("function_call", "custom_tool_call")
+        self.arguments += delta
+        if self.item["type"] == "custom_tool_call":
+            return []  # told whole when the call closes
+        self.item["arguments"] = self.arguments
         where = {"item_id": self.item["id"], "output_index": len(self.output)}
         return [self.event("response.function_call_arguments.delta", **where, delta=delta)]
 
@@ -74,6 +78,10 @@ class _Events:
                 self.event("response.output_text.done", **where, content_index=0, text=part["text"], logprobs=[]),
                 self.event("response.content_part.done", **where, content_index=0, part=part),
             ]
+        elif item["type"] == "custom_tool_call":
+            item["input"] = text = custom_input(self.arguments)
+            events = [self.event("response.custom_tool_call_input.delta", **where, delta=text)] if text else []
+            events.append(self.event("response.custom_tool_call_input.done", **where, input=text))
         else:
             args = item["arguments"]
             events = [self.event("response.function_call_arguments.done", **where, name=item["name"], arguments=args)]
@@ -96,7 +104,7 @@ async def response_events(
     turn: Turn, chunks: AsyncGenerator[str, None], store: ResponseStore
 ) -> AsyncGenerator[str, None]:
     """The events of one streamed response, from the chat chunks of its request (n = 1, usage included)."""
-    events = _Events()
+    events = _Events(turn.tools)
     started = response_object(turn, [], "in_progress", None)
     yield events.event("response.created", response=started)
     yield events.event("response.in_progress", response=started)
@@ -129,16 +137,20 @@ def _choice_events(events: _Events, delta: dict[str, Any]) -> list[str]:
         if "id" in call:
             out += events.call(call["id"], call["function"]["name"])
         if call["function"].get("arguments"):
-            out += events.arguments(call["function"]["arguments"])
+            out += events.more_arguments(call["function"]["arguments"])
     return out
 
 
 def _message(output: list[dict[str, Any]]) -> dict[str, Any]:
-    """The output items as the chat message a stored conversation keeps."""
+    """The output items as the chat message a stored conversation keeps (a custom tool's input as its argument)."""
     text = "".join(i["content"][0]["text"] for i in output if i["type"] == "message")
     calls = [
-        {"id": i["call_id"], "type": "function", "function": {"name": i["name"], "arguments": i["arguments"]}}
+        {"id": i["call_id"], "type": "function", "function": {"name": i["name"], "arguments": _arguments(i)}}
         for i in output
-        if i["type"] == "function_call"
+        if i["type"] in ("function_call", "custom_tool_call")
     ]
     return {"role": "assistant", "content": text or None, **({"tool_calls": calls} if calls else {})}
+
+
+def _arguments(item: dict[str, Any]) -> str:
+    return str(item["arguments"]) if item["type"] == "function_call" else json.dumps({"input": item["input"]})

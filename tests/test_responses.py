@@ -164,8 +164,8 @@ def test_json_schema_text_format_validates(client: openai.OpenAI) -> None:
 @pytest.mark.parametrize(
     "body,param",
     [
-        ({"input": "x", "tools": [{"type": "web_search"}]}, "tools.0.type"),
-        ({"input": "x", "reasoning": {"effort": "high"}}, "reasoning"),
+        ({"input": "x", "tools": [{"type": "web_search"}], "tool_choice": {"type": "web_search"}}, "tool_choice"),
+        ({"input": "x", "reasoning": {"effort": "high", "mode": "pro"}}, "reasoning.mode"),
         ({"input": "x", "tools": [TOOL], "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),
         ({"input": [{"type": "function_call_output", "call_id": "call_9", "output": "1"}]}, "messages[0].tool_call_id"),
         ({"input": "x", "frobnicate": 1}, "frobnicate"),
