@@ -202,6 +202,12 @@ class Config:
         "ignore tools get the tools in a system prompt asking for hermes tags.",
         env=("TOOL_CALL_PARSER",),
     )
+    max_parallel_tool_calls: int = option(
+        4,
+        "Most calls a response makes under tool_choice required with parallel_tool_calls: the engine is held to a "
+        "JSON array of at most this many (unbounded, a small model adds calls until max_tokens cuts it).",
+        env=("ENGINE_SERVER_MAX_PARALLEL_TOOL_CALLS",),
+    )
     responses_store_size: int = option(
         1000,
         "Most responses /v1/responses keeps for previous_response_id and GET (oldest dropped first); 0 stores none.",
@@ -275,7 +281,13 @@ class Config:
         check(self.hw_mode in HW_MODES, f"hw_mode must be one of {', '.join(HW_MODES)}; got {self.hw_mode!r}")
         check(self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
         check(self.log_format in ("json", "text"), f"log_format must be json or text, got {self.log_format!r}")
-        for name in ("max_concurrent_requests", "max_request_body_bytes", "max_n", "max_header_bytes"):
+        for name in (
+            "max_concurrent_requests",
+            "max_request_body_bytes",
+            "max_n",
+            "max_header_bytes",
+            "max_parallel_tool_calls",
+        ):
             check(getattr(self, name) >= 1, f"{name} must be a positive integer, got {getattr(self, name)}")
         check(self.max_tokens_limit is None or self.max_tokens_limit >= 1, "max_tokens_limit must be positive")
         for name in ("request_timeout", "keep_alive_timeout", "shutdown_grace"):

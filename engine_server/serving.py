@@ -116,7 +116,9 @@ class Serving:
             if len(self._template_formats) > 64:  # per-request templates: keep the memo bounded
                 self._template_formats.clear()
             fmt = self._template_formats.setdefault(template, probe_template(render))
-        messages, extra, plan = plan_chat(req, fmt or None, self.config.tool_call_parser)
+        messages, extra, plan = plan_chat(
+            req, fmt or None, self.config.tool_call_parser, self.config.max_parallel_tool_calls
+        )
         # The template already carries the special tokens (BOS and turn markers).
         return self._tokenize(render(messages, extra), add_special_tokens=False), plan
 

@@ -2,7 +2,8 @@
 output becomes OpenAI tool calls.
 
 tool_choice "required" and a named function are enforced by the engine's structured output: the output is a JSON
-array of calls (required) or the named function's arguments, so even a tiny model's calls validate. "auto" lets the
+array of calls (required; at most max_calls of them) or the named function's arguments, so even a tiny model's calls
+validate. An output cut by max_tokens keeps the calls it completed. "auto" lets the
 model choose and reads its own format (tool_parsers). "none" renders no tools and reads no calls.
 """
 
@@ -59,12 +60,12 @@ class ToolPlan:
 
 
 def plan_chat(
-    req: ChatCompletionRequest, template_format: str | None, parser: str
+    req: ChatCompletionRequest, template_format: str | None, parser: str, max_calls: int
 ) -> tuple[list[dict[str, Any]], dict[str, Any], ToolPlan | None]:
     """The messages and template kwargs to render, and the plan for the output (None: plain text).
 
     template_format is what the chat template does with tools (None: it ignores them); parser is the configured
-    format for "auto" ("auto": the template's)."""
+    format for "auto" ("auto": the template's); max_calls is the most calls "required" with parallel calls makes."""
     assert isinstance(req.messages, list)
     messages = [_template_message(m.model_dump(exclude_none=True)) for m in req.messages]
     tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
@@ -79,10 +80,11 @@ def plan_chat(
     schemas = {t["function"]["name"]: _object_schema(t["function"].get("parameters")) for t in tools}
     if isinstance(choice, NamedToolChoice):
         name = choice.function.name
-        plan = ToolPlan("named", "", (name,), False, json_schema=schemas[name])
+        plan = ToolPlan("named", "", (name,), False, json_schema=_closed(schemas[name]))
         instruction = FALLBACK_NAMED.format(name=name)
     elif choice == "required":
-        plan = ToolPlan("required", "json", names, req.parallel_tool_calls, json_schema=_calls_schema(schemas, req))
+        calls = _calls_schema(schemas, max_calls if req.parallel_tool_calls else 1)
+        plan = ToolPlan("required", "json", names, req.parallel_tool_calls, json_schema=calls)
         instruction = FALLBACK_REQUIRED
     else:
         fmt = parser if parser != "auto" else (template_format or "hermes")
@@ -115,18 +117,50 @@ def _object_schema(parameters: dict[str, Any] | None) -> dict[str, Any]:
     return parameters if "type" in parameters else {"type": "object", **parameters}
 
 
-def _calls_schema(schemas: dict[str, dict[str, Any]], req: ChatCompletionRequest) -> dict[str, Any]:
+def _calls_schema(schemas: dict[str, dict[str, Any]], max_calls: int) -> dict[str, Any]:
+    """The array of calls "required" holds the engine to. Bounded: with nothing that makes it end, a small model
+    adds calls until max_tokens."""
     call = [
         {
             "type": "object",
-            "properties": {"name": {"const": name}, "arguments": schema},
+            "properties": {"name": {"const": name}, "arguments": _closed(schema)},
             "required": ["name", "arguments"],
             "additionalProperties": False,
         }
         for name, schema in schemas.items()
     ]
     items = call[0] if len(call) == 1 else {"anyOf": call}
-    return {"type": "array", "items": items, "minItems": 1, **({} if req.parallel_tool_calls else {"maxItems": 1})}
+    return {"type": "array", "items": items, "minItems": 1, "maxItems": max_calls}
+
+
+# Keywords whose value is a schema, a list of schemas, or a map of names to schemas. allOf is left out: closing the
+# parts of a conjunction would refuse each part's properties in the others.
+_SUBSCHEMA = ("items", "additionalItems", "contains", "not", "if", "then", "else")
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "prefixItems")
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
+_OPEN = ("additionalProperties", "patternProperties", "unevaluatedProperties")
+
+
+def _closed(schema: Any) -> Any:
+    """The schema with every object that lists its properties, and says nothing of others, held to those: the
+    engine's output is then forced calls with the declared arguments only. JSON Schema's default allows any other
+    property, and a small model given that freedom writes a key that never ends (as llama.cpp's grammars do, an
+    unstated additionalProperties is taken as false)."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for key in _SUBSCHEMA:
+        if key in out:
+            out[key] = _closed(out[key])
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [_closed(s) for s in out[key]]
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: _closed(s) for name, s in out[key].items()}
+    if isinstance(out.get("properties"), dict) and not any(key in out for key in _OPEN):
+        out["additionalProperties"] = False
+    return out
 
 
 def _template_message(m: dict[str, Any]) -> dict[str, Any]:

@@ -60,6 +60,7 @@ def test_local_model_is_named_by_its_directory(tmp_path: Path) -> None:
         ([], {"VLLM_CPU_KVCACHE_SPACE": "-1"}, "kv_cache_space must be a positive number"),
         ([], {"ENFORCE_EAGER": "maybe"}, "--enforce-eager: cannot read 'maybe'"),
         (["--model", ""], {}, "model must not be empty"),
+        ([], {"ENGINE_SERVER_MAX_PARALLEL_TOOL_CALLS": "0"}, "max_parallel_tool_calls must be a positive integer"),
     ],
 )
 def test_invalid_settings_are_refused_with_a_clear_message(argv: list[str], env: dict[str, str], message: str) -> None:

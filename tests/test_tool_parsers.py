@@ -198,6 +198,24 @@ def test_calls_before_a_break_are_kept_and_the_rest_is_content() -> None:
     assert_stream_matches("json", text)
 
 
+def test_an_array_cut_anywhere_keeps_the_calls_it_completed() -> None:
+    # tool_choice "required" cut by max_tokens: every element closed before the cut is a call, whole or streamed.
+    elements = [
+        '{"name":"search","arguments":{"q":"a]}"}}',
+        '{"name":"now","arguments":{}}',
+        '{"name":"now","arguments":{}}',
+    ]
+    text = "[" + ",".join(elements) + "]"
+    ends = [len("[" + ",".join(elements[: k + 1])) for k in range(len(elements))]
+    for cut in range(len(text) + 1):
+        expected = [call("search", '{"q":"a]}"}'), call("now", "{}"), call("now", "{}")][: sum(e <= cut for e in ends)]
+        assert parse("json", text[:cut], TOOLS).calls == expected, cut
+        parser = StreamParser("json", TOOLS)
+        streamed = [e.call for char in text[:cut] for e in parser.feed(char) if isinstance(e, Call)]
+        assert streamed == expected, cut  # each as its object closes, before the end of the output
+        assert [e for e in parser.finish() if isinstance(e, Call)] == []
+
+
 def test_hermes_emits_text_early_and_holds_only_a_possible_tag() -> None:
     parser = StreamParser("hermes", TOOLS)
     assert parser.feed("Hello <tool_") == [Content("Hello ")]

@@ -63,7 +63,7 @@ def test_a_template_that_takes_tools_gets_them_and_the_tool_turns_as_they_are() 
         {"role": "assistant", "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "call_1", "content": "9"},
     ]
-    messages, kwargs, plan = plan_chat(request(messages=history, tools=TOOLS), "hermes", "auto")
+    messages, kwargs, plan = plan_chat(request(messages=history, tools=TOOLS), "hermes", "auto", 4)
     assert kwargs["tools"][0]["function"]["name"] == "get_weather"
     assert [m["role"] for m in messages] == ["user", "assistant", "tool"]
     assert messages[1]["tool_calls"][0]["function"]["arguments"] == {"city": "Rome"}  # objects, as templates take them
@@ -80,7 +80,7 @@ def test_a_template_that_ignores_tools_gets_them_in_a_system_prompt_and_the_turn
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "call_1", "content": "noon"},
     ]
-    messages, kwargs, plan = plan_chat(request(messages=history, tools=TOOLS), None, "auto")
+    messages, kwargs, plan = plan_chat(request(messages=history, tools=TOOLS), None, "auto", 4)
     assert kwargs == {} and plan is not None and plan.fmt == "hermes"
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
     assert messages[0]["content"].startswith("Be kind.\n\nYou can call these functions")
@@ -90,21 +90,51 @@ def test_a_template_that_ignores_tools_gets_them_in_a_system_prompt_and_the_turn
 
 
 def test_required_and_named_hold_the_engine_to_a_schema() -> None:
-    _, _, required = plan_chat(request(tools=TOOLS, tool_choice="required", parallel_tool_calls=False), None, "auto")
+    _, _, required = plan_chat(request(tools=TOOLS, tool_choice="required", parallel_tool_calls=False), None, "auto", 4)
     assert required is not None and required.json_schema is not None
     assert required.json_schema["maxItems"] == 1 and required.json_schema["minItems"] == 1
     names = [branch["properties"]["name"]["const"] for branch in required.json_schema["items"]["anyOf"]]
     assert names == ["get_weather", "now"]
     named = {"type": "function", "function": {"name": "get_weather"}}
-    _, _, plan = plan_chat(request(tools=TOOLS, tool_choice=named), None, "auto")
-    assert plan is not None and plan.mode == "named" and plan.json_schema == WEATHER
-    _, kwargs, none = plan_chat(request(tools=TOOLS, tool_choice="none"), "hermes", "auto")
+    _, _, plan = plan_chat(request(tools=TOOLS, tool_choice=named), None, "auto", 4)
+    assert plan is not None and plan.mode == "named" and plan.json_schema == {**WEATHER, "additionalProperties": False}
+    _, kwargs, none = plan_chat(request(tools=TOOLS, tool_choice="none"), "hermes", "auto", 4)
     assert none is None and kwargs == {}
+
+
+def test_required_with_parallel_calls_makes_at_most_the_configured_number() -> None:
+    _, _, plan = plan_chat(request(tools=TOOLS, tool_choice="required"), None, "auto", 3)
+    assert plan is not None and plan.json_schema is not None
+    assert plan.json_schema["maxItems"] == 3 and plan.json_schema["minItems"] == 1
+
+
+def test_forced_arguments_are_held_to_the_properties_the_tool_declares() -> None:
+    # JSON Schema lets an object have any other property unless it says not; a small model given that writes a key
+    # that never ends, and the call is cut by max_tokens. A schema that allows others explicitly keeps them.
+    nested = {"type": "object", "properties": {"at": {"type": "object", "properties": {"x": {"type": "integer"}}}}}
+    free = {"type": "object", "properties": {"q": {"type": "string"}}, "additionalProperties": {"type": "string"}}
+    tools = [
+        {"type": "function", "function": {"name": "nested", "parameters": nested}},
+        {"type": "function", "function": {"name": "free", "parameters": free}},
+        {"type": "function", "function": {"name": "kwargs", "parameters": {"type": "object"}}},
+    ]
+    _, _, plan = plan_chat(request(tools=tools, tool_choice="required"), None, "auto", 4)
+    assert plan is not None and plan.json_schema is not None
+    arguments = {
+        b["properties"]["name"]["const"]: b["properties"]["arguments"] for b in plan.json_schema["items"]["anyOf"]
+    }
+    assert arguments["nested"]["additionalProperties"] is False
+    assert arguments["nested"]["properties"]["at"]["additionalProperties"] is False
+    assert arguments["free"] == free and arguments["kwargs"] == {"type": "object"}
+    assert "additionalProperties" not in nested  # the request's own schema is left as it was
+    named = {"type": "function", "function": {"name": "nested"}}
+    _, _, plan = plan_chat(request(tools=tools, tool_choice=named), None, "auto", 4)
+    assert plan is not None and plan.json_schema == arguments["nested"]
 
 
 def test_strict_tools_return_only_calls_that_validate() -> None:
     strict = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER, "strict": True}}]
-    _, _, plan = plan_chat(request(tools=strict), None, "auto")
+    _, _, plan = plan_chat(request(tools=strict), None, "auto", 4)
     assert plan is not None
     bad = '<tool_call>{"name": "get_weather", "arguments": {"days": 2}}</tool_call>'  # city is required
     message = ChoiceTools(plan).message(bad)
@@ -116,9 +146,10 @@ def test_strict_tools_return_only_calls_that_validate() -> None:
 class ScriptedEngine(FakeEngine):
     """Says a given text, a few characters per step."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, finish_reason: str = "stop") -> None:
         super().__init__(max_model_len=4096)
         self.text = text
+        self.finish_reason = finish_reason
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[StepOutput]:
         self.requests.append(request)
@@ -126,12 +157,12 @@ class ScriptedEngine(FakeEngine):
         for k, piece in enumerate(pieces):
             await asyncio.sleep(0)
             last = k == len(pieces) - 1
-            delta = CompletionDelta(0, piece, 1, finish_reason="stop" if last else None)
+            delta = CompletionDelta(0, piece, 1, finish_reason=self.finish_reason if last else None)
             yield StepOutput(num_prompt_tokens=len(request.prompt_token_ids), deltas=[delta], finished=last)
 
 
-def scripted_client(text: str) -> Iterator[TestClient]:
-    app = create_app(Config(model="fake", served_model_name="fake"), engine=ScriptedEngine(text))
+def scripted_client(text: str, finish_reason: str = "stop") -> Iterator[TestClient]:
+    app = create_app(Config(model="fake", served_model_name="fake"), engine=ScriptedEngine(text, finish_reason))
     with TestClient(app) as client:
         yield client
 
@@ -214,3 +245,15 @@ def test_copied_tool_response_tags_stay_out_of_the_answer(stream: bool) -> None:
         content, calls, finish = chat(client, stream)
         assert calls == [] and finish == "stop"
         assert content == "It is sunny in Paris.\n Enjoy <b>it</b> <tool_"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_required_cut_by_max_tokens_returns_the_calls_it_completed(stream: bool) -> None:
+    text = '[{"name":"get_weather","arguments":{"city":"Oslo"}},{"name":"now","arguments":{}},{"name":"get_weather","ar'
+    for client in scripted_client(text, finish_reason="length"):
+        content, calls, finish = chat(client, stream, tool_choice="required")
+        assert finish == "length" and content is None  # cut, as OpenAI says it, but the complete calls are there
+        assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == [
+            ("get_weather", '{"city":"Oslo"}'),
+            ("now", "{}"),
+        ]

@@ -53,6 +53,17 @@ TOOLS = {
 }
 SCHEMAS = {name: t["function"]["parameters"] for name, t in TOOLS.items()}
 MESSAGES = [{"role": "user", "content": "What is the weather in Paris for the next two days?"}]
+# What LangChain's bind_tools sends for a pydantic model with one enum field: nothing said of other properties.
+PICK = tool(
+    "pick_color",
+    {
+        "properties": {"color": {"description": "The color.", "enum": ["red", "green", "blue"], "type": "string"}},
+        "required": ["color"],
+        "type": "object",
+    },
+)
+PICK_MESSAGES = [{"role": "user", "content": "Pick colors."}]
+MAX_CALLS = 4  # the server's default --max-parallel-tool-calls
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +143,46 @@ def test_required_with_parallel_calls_returns_several_valid_calls(client: openai
         assert len({c["id"] for c in calls}) == len(calls)
         counts.append(len(calls))
     assert max(counts) >= 2, counts
+
+
+def assert_picks(calls: list[dict[str, Any]]) -> None:
+    assert 1 <= len(calls) <= MAX_CALLS, calls
+    for call in calls:
+        assert call["name"] == "pick_color" and call["id"].startswith("call_")
+        jsonschema.validate(json.loads(call["arguments"]), PICK["function"]["parameters"])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_required_parallel_calls_end_at_the_configured_number(client: openai.OpenAI, stream: bool) -> None:
+    # LangChain's tool_choice "any". Unbounded, the random model made 9 calls (280 tokens) on one of these seeds on
+    # vLLM, 6 on OpenVINO.
+    for seed in range(16):
+        content, calls, finish = create(
+            client, stream, messages=PICK_MESSAGES, tools=[PICK], tool_choice="required", seed=seed, max_tokens=300
+        )
+        assert content is None and finish == "tool_calls", (seed, finish)
+        assert_picks(calls)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_forced_calls_cut_by_max_tokens_keep_the_calls_they_completed(client: openai.OpenAI, stream: bool) -> None:
+    # A call of pick_color is 30-45 tokens of the tiny model: 50 fits one, and cuts the next one the model begins.
+    finishes = []
+    for seed in range(6):
+        content, calls, finish = create(
+            client, stream, messages=PICK_MESSAGES, tools=[PICK], tool_choice="required", seed=seed, max_tokens=50
+        )
+        assert content is None, (seed, content)
+        assert_picks(calls)
+        finishes.append(finish)
+    assert "length" in finishes, finishes  # some were cut (and say so), and their complete calls came back
+    named = {"type": "function", "function": {"name": "pick_color"}}
+    for seed in range(3):
+        content, calls, finish = create(
+            client, stream, messages=PICK_MESSAGES, tools=[PICK], tool_choice=named, seed=seed, max_tokens=50
+        )
+        assert content is None and finish == "tool_calls" and len(calls) == 1, (seed, content, finish)
+        assert_picks(calls)
 
 
 @pytest.mark.parametrize("stream", [False, True])
