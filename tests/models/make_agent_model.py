@@ -29,9 +29,9 @@ def _write(out: Path) -> None:
     from safetensors.torch import load_file, save_file
     from tokenizers import Tokenizer
 
-    ids = tiny._write_model(out, MAX_POSITIONS)
+    eos = tiny._write_model(out, MAX_POSITIONS)["eos"]
     answer = Tokenizer.from_file(str(out / "tokenizer.json")).encode(ANSWER, add_special_tokens=False).ids
-    if len(set(answer)) != len(answer) or ids["eos"] in answer:
+    if eos is None or len(set(answer)) != len(answer) or eos in answer:
         raise RuntimeError(f"the answer's tokens {answer} must be distinct: each one names the next")
     state = load_file(str(out / "model.safetensors"))
     embed = state["model.embed_tokens.weight"]
@@ -41,7 +41,7 @@ def _write(out: Path) -> None:
     embed[:, :num_marks] = 0.0
     embed[:, 0] = 1.0
     head = torch.zeros(vocab, hidden)
-    following = [*answer[1:], ids["eos"]]
+    following = [*answer[1:], eos]
     head[answer[0], 0] = SCALE
     for i, (token, next_token) in enumerate(zip(answer, following, strict=True)):
         embed[token, 0] = 0.0

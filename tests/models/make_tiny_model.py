@@ -139,7 +139,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def _write_model(out: Path, max_positions: int = MAX_POSITIONS) -> dict[str, int]:
+def _write_model(out: Path, max_positions: int = MAX_POSITIONS) -> dict[str, int | None]:
     """Tokenizer and config files of the tiny Llama and its random weights; returns the special token ids."""
     from safetensors.torch import save_file
 
