@@ -9,6 +9,9 @@ from engine_server.streaming import encode, encode_string
 from engine_server.tools import ChoiceTools, ToolPlan
 
 _TEXT_MARK = "\x01text\x01"
+# What OpenAI (and vLLM) report for a token of probability zero, such as one structured output rules out: -inf is
+# no JSON number (a whole response failed to encode, a streamed chunk said -Infinity).
+MIN_LOGPROB = -9999.0
 
 
 def plain_chunk(head: dict[str, Any], index: int, chat: bool) -> tuple[str, str] | None:
@@ -32,11 +35,12 @@ def stream_choice(
 
 
 def chat_message(plan: ToolPlan | None, text: str, finish_reason: str | None) -> dict[str, Any]:
-    """A chat choice's message and finish reason, its tool calls read out where the request has tools."""
+    """A chat choice's message and finish reason, its tool calls read out where the request has tools. `refusal` is
+    required (null: no refusal) by OpenAI's schema of the message, and SDK types read it."""
     if plan is None:
-        return {"message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
+        return {"message": {"role": "assistant", "content": text, "refusal": None}, "finish_reason": finish_reason}
     shaper = ChoiceTools(plan)
-    return {"message": shaper.message(text), "finish_reason": shaper.finish_reason(finish_reason)}
+    return {"message": {**shaper.message(text), "refusal": None}, "finish_reason": shaper.finish_reason(finish_reason)}
 
 
 def tool_deltas(shaper: ChoiceTools, d: CompletionDelta) -> list[tuple[dict[str, Any], bool]]:
@@ -51,18 +55,20 @@ def tool_deltas(shaper: ChoiceTools, d: CompletionDelta) -> list[tuple[dict[str,
 
 
 def chat_logprobs(logprobs: list[TokenLogprob] | None) -> dict[str, Any] | None:
+    """A chat choice's logprobs, whole or of a chunk; `refusal` (the refusal's tokens) is required, null here."""
     if logprobs is None:
         return None
     return {
         "content": [
             {
                 "token": lp.token,
-                "logprob": lp.logprob,
+                "logprob": _finite(lp.logprob),
                 "bytes": list(lp.token.encode()),
-                "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in lp.top],
+                "top_logprobs": [{"token": t, "logprob": _finite(v), "bytes": list(t.encode())} for t, v in lp.top],
             }
             for lp in logprobs
-        ]
+        ],
+        "refusal": None,
     }
 
 
@@ -75,7 +81,11 @@ def text_logprobs(logprobs: list[TokenLogprob] | None, offset: int) -> dict[str,
         offset += len(lp.token)
     return {
         "tokens": [lp.token for lp in logprobs],
-        "token_logprobs": [lp.logprob for lp in logprobs],
-        "top_logprobs": [dict(lp.top) for lp in logprobs],
+        "token_logprobs": [_finite(lp.logprob) for lp in logprobs],
+        "top_logprobs": [{t: _finite(v) for t, v in lp.top} for lp in logprobs],
         "text_offset": offsets,
     }
+
+
+def _finite(logprob: float) -> float:
+    return logprob if logprob >= MIN_LOGPROB else MIN_LOGPROB  # NaN too: no comparison holds for it

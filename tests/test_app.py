@@ -67,7 +67,7 @@ def test_chat_completion_shape(client: TestClient) -> None:
     assert r.status_code == 200
     body = r.json()
     assert body["object"] == "chat.completion" and body["model"] == "fake-model"
-    assert body["choices"][0]["message"] == {"role": "assistant", "content": "the quick brown"}
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "the quick brown", "refusal": None}
     assert body["choices"][0]["finish_reason"] == "length"
     assert body["usage"]["completion_tokens"] == 3
 
