@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections import deque
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from engine_server import openvino_tokenizer
 from engine_server.atomic import build_once
 
 logger = logging.getLogger("engine_server.openvino_export")
@@ -88,8 +90,13 @@ def export(source: Path, cache_dir: Path, settings: ExportSettings, progress: Pr
 
     def fill(build: Path) -> None:
         report(f"exporting {source} to OpenVINO IR ({settings.weight_format} weights) in {final}")
-        _run_optimum(source, build, settings, report)
+        staged = openvino_tokenizer.staged_source(source, build / ".source")
+        if staged != source:
+            report(f"{source} has transformers 5's tokenizer files: exporting from a copy that transformers 4 reads")
+        _run_optimum(staged, build, settings, report)
+        shutil.rmtree(build / ".source", ignore_errors=True)
         _check(build)
+        _check_tokenizer(build, source, report)
         _fuse(build, report)
         _write_marker(build, source, settings)
 
@@ -163,6 +170,22 @@ def _fuse(build: Path, report: Progress) -> None:
         details = "\n".join(lines[-30:])
         raise ExportError(f"fusing the exported model's matmuls failed (exit {done.returncode}):\n{details}")
     report(lines[-1] if lines else "fused")
+
+
+def _check_tokenizer(build: Path, source: Path, report: Progress) -> None:
+    """The converted tokenizer must give the checkpoint's ids (engine_server/openvino_tokenizer.py), checked in a
+    child process: it loads transformers and the tokenizer models, which the server need not keep."""
+    report("checking the converted tokenizer's ids against tokenizer.json on mixed text")
+    cmd = [sys.executable, "-m", "engine_server.openvino_tokenizer", str(build), str(source)]
+    env = {**os.environ, "USE_TORCH": "0", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    if done.returncode == 3 and lines:  # the check's own refusal: one line that names the text and the ids
+        raise ExportError(lines[-1])
+    if done.returncode != 0:
+        details = "\n".join(lines[-30:])
+        raise ExportError(f"checking the converted tokenizer failed (exit {done.returncode}):\n{details}")
+    report(lines[-1] if lines else "tokenizer checked")
 
 
 def _check(build: Path) -> None:

@@ -35,6 +35,7 @@ def runs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Path, ExportSettings]]:
 
     monkeypatch.setattr(openvino_export, "_run_optimum", fake_optimum)
     monkeypatch.setattr(openvino_export, "_fuse", lambda build, report: None)  # its own suite: test_openvino_fuse
+    monkeypatch.setattr(openvino_export, "_check_tokenizer", lambda build, src, report: None)  # test_openvino_tokenizer
     return calls
 
 
