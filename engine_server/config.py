@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine_server.builtin_models import DEFAULT_MODEL, MODELS
+from engine_server.reasoning import PARSERS as REASONING_PARSERS
 from engine_server.tool_parsers import FORMATS as TOOL_FORMATS
 
 HW_MODES = ("auto", "cpu", "hpu", "openvino")
@@ -226,6 +227,14 @@ class Config:
     )
     log_level: str = option("info", "Log level: debug, info, warning, error.", env=("LOG_LEVEL",))
     log_format: str = option(
+    reasoning_parser: str = option(
+        "auto",
+        f"How a model's reasoning is read apart from its answer: one of {', '.join(REASONING_PARSERS)}. think (qwen3 "
+        "and deepseek_r1 are its vLLM names): the text between <think> and </think> (or up to </think> where the "
+        "prompt opens the tag) is returned as reasoning_content/reasoning, a Responses reasoning item, an Anthropic "
+        "thinking block. auto: think for chat templates that write <think>, none for the others.",
+        env=("ENGINE_SERVER_REASONING_PARSER",),
+    )
         "json", "Log format: json (one object per line, with the request id) or text.", env=("LOG_FORMAT",)
     )
     api_key: Secret | None = option(
@@ -299,6 +308,10 @@ class Config:
         check(
             self.tool_call_parser in ("auto", *TOOL_FORMATS),
             f"tool_call_parser must be one of auto, {', '.join(TOOL_FORMATS)}; got {self.tool_call_parser!r}",
+        )
+        check(
+            self.reasoning_parser in REASONING_PARSERS,
+            f"reasoning_parser must be one of {', '.join(REASONING_PARSERS)}; got {self.reasoning_parser!r}",
         )
         check(self.responses_store_size >= 0, "responses_store_size must be 0 or more")
         check(self.responses_store_ttl > 0, "responses_store_ttl must be a positive number of seconds")

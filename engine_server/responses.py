@@ -19,6 +19,7 @@ from engine_server.responses_protocol import (
     FunctionCallItem,
     FunctionCallOutputItem,
     MessageItem,
+    ReasoningItem,
     ResponsesRequest,
     TextFormat,
 )
@@ -95,6 +96,9 @@ def to_chat(req: ResponsesRequest, store: ResponseStore, model: str) -> Turn:
         "tools": tools.chat_tools or None,
         "tool_choice": chat_tool_choice(req.tool_choice, tools) if req.tool_choice is not None else None,
     }
+    if req.reasoning is not None and req.reasoning.effort is not None:
+        # Templates with a thinking switch (Qwen3's enable_thinking) follow the effort; the others ignore it.
+        body["chat_template_kwargs"] = {"enable_thinking": req.reasoning.effort not in ("none", "minimal")}
     fmt = req.text.format if req.text else None
     if fmt is not None and fmt.type == "json_schema":
         if fmt.schema_ is None:
@@ -116,12 +120,18 @@ def to_chat(req: ResponsesRequest, store: ResponseStore, model: str) -> Turn:
 def _input_messages(items: str | list[Any]) -> list[dict[str, Any]]:
     """Input items as chat messages: an assistant message and the calls after it become one assistant message.
 
-    Reasoning items are left out: this server's chat messages have no place for reasoning, and the text in them
-    (another model's summary, or its encrypted content) is not this model's own."""
+    A reasoning item becomes the reasoning_content of the assistant message after it, which templates that render
+    earlier reasoning (Qwen3's) take and the others ignore: its reasoning text, else its summary. Encrypted content
+    is not read: another server's is opaque (this one's repeats the text)."""
     if isinstance(items, str):
         return [{"role": "user", "content": items}]
     messages: list[dict[str, Any]] = []
+    reasoning = ""  # of a reasoning item that waits for its assistant message
     for item in items:
+        if isinstance(item, ReasoningItem):
+            parts = item.content or item.summary
+            reasoning += "\n".join(p.text for p in parts)
+            continue
         if isinstance(item, MessageItem):
             text = item.content if isinstance(item.content, str) else "".join(p.text for p in item.content)
             messages.append({"role": item.role, "content": text})
@@ -133,13 +143,19 @@ def _input_messages(items: str | list[Any]) -> list[dict[str, Any]]:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [chat_call(item)]})
         elif isinstance(item, FunctionCallOutputItem):
             messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.text})
+        if reasoning and messages[-1]["role"] == "assistant":
+            messages[-1].setdefault("reasoning_content", reasoning)
+        reasoning = ""
     return messages
 
 
 def output_items(turn: Turn, message: dict[str, Any], status: str = "completed") -> list[dict[str, Any]]:
-    """A chat message as Responses output items: its text, then one call item per call."""
+    """A chat message as Responses output items: its reasoning, its text, then one call item per call."""
     items: list[dict[str, Any]] = []
-    if message.get("content") or not message.get("tool_calls"):
+    reasoning = message.get("reasoning_content")
+    if reasoning:
+        items.append(reasoning_item(reasoning, turn.request.include, status))
+    if message.get("content") or not (message.get("tool_calls") or reasoning):
         items.append(message_item(message.get("content") or "", status))
     for call in message.get("tool_calls") or []:
         function = call["function"]
@@ -150,6 +166,20 @@ def output_items(turn: Turn, message: dict[str, Any], status: str = "completed")
 def message_item(text: str, status: str, item_id: str | None = None) -> dict[str, Any]:
     content = [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
     return {"type": "message", "id": item_id or _id("msg"), "status": status, "role": "assistant", "content": content}
+
+
+def reasoning_item(text: str, include: list[str] | None, status: str, item_id: str | None = None) -> dict[str, Any]:
+    """Reasoning as an output item: the text as its reasoning_text content and as its summary (no summary is
+    written apart), and, when `include` asks, as its encrypted_content: plain, nothing here is encrypted, so that a
+    stateless client (store false) that sends the item back sends the reasoning."""
+    item = {
+        "type": "reasoning",
+        "id": item_id or _id("rs"),
+        "summary": [{"type": "summary_text", "text": text}],
+        "content": [{"type": "reasoning_text", "text": text}],
+        "status": status,
+    }
+    return {**item, "encrypted_content": text} if include and "reasoning.encrypted_content" in include else item
 
 
 def response_object(
@@ -174,7 +204,7 @@ def response_object(
         "output": output,
         "parallel_tool_calls": req.parallel_tool_calls,
         "previous_response_id": req.previous_response_id,
-        # What was asked, echoed: this model does not reason, so no reasoning items come of it.
+        # What was asked, echoed; reasoning items come of what the model wrote (a model without reasoning: none).
         "reasoning": {
             "effort": reasoning.effort if reasoning else None,
             "summary": (reasoning.summary or reasoning.generate_summary) if reasoning else None,
@@ -206,7 +236,7 @@ def from_completion(turn: Turn, completion: dict[str, Any], store: ResponseStore
 def finish(turn: Turn, response: dict[str, Any], message: dict[str, Any], store: ResponseStore) -> None:
     """Keep a finished response, and the conversation it ends, when the request asks to store it."""
     if turn.request.store:
-        assistant = {k: v for k, v in message.items() if k in ("role", "content", "tool_calls")}
+        assistant = {k: v for k, v in message.items() if k in ("role", "content", "tool_calls", "reasoning_content")}
         store.put(response, [*turn.messages, assistant])
 
 

@@ -1,9 +1,12 @@
 """Streamed responses: the chat chunks of a Responses request as the API's event sequence.
 
-response.created, response.in_progress; per output item: output_item.added, then for a message content_part.added,
-output_text.delta..., output_text.done, content_part.done, for a function call function_call_arguments.delta...,
-function_call_arguments.done, and for a custom tool call custom_tool_call_input.delta, custom_tool_call_input.done;
-output_item.done; finally response.completed (or response.incomplete when cut short).
+response.created, response.in_progress; per output item: output_item.added, then for reasoning
+reasoning_summary_part.added, content_part.added, (reasoning_summary_text.delta, reasoning_text.delta)...,
+reasoning_summary_text.done, reasoning_summary_part.done, reasoning_text.done, content_part.done, for a message
+content_part.added, output_text.delta..., output_text.done, content_part.done, for a function call
+function_call_arguments.delta..., function_call_arguments.done, and for a custom tool call
+custom_tool_call_input.delta, custom_tool_call_input.done; output_item.done; finally response.completed (or
+response.incomplete when cut short).
 
 A custom tool's input is the one string argument of the function the model was offered: it is known once the call's
 JSON ends, so it comes as one delta when the call closes.
@@ -16,7 +19,7 @@ import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from engine_server.responses import ResponseStore, Turn, finish, message_item, response_object
+from engine_server.responses import ResponseStore, Turn, finish, message_item, reasoning_item, response_object
 from engine_server.responses_tools import Offered, call_item, custom_input
 from engine_server.streaming import encode, frame
 
@@ -32,11 +35,12 @@ def named_frame(data: str) -> bytes:
 class _Events:
     """The output items as they grow, and the events that tell it."""
 
-    def __init__(self, tools: dict[str, Offered]) -> None:
+    def __init__(self, tools: dict[str, Offered], include: list[str] | None) -> None:
         self.seq = itertools.count()
         self.output: list[dict[str, Any]] = []
         self.item: dict[str, Any] | None = None  # the item in progress
         self.tools = tools
+        self.include = include
         self.arguments = ""  # the call in progress's arguments so far
 
     def event(self, kind: str, **fields: Any) -> str:
@@ -50,6 +54,19 @@ class _Events:
         self.item["content"][0]["text"] += delta
         where = {"item_id": self.item["id"], "output_index": len(self.output), "content_index": 0}
         return [*events, self.event("response.output_text.delta", **where, delta=delta, logprobs=[])]
+
+    def reasoning(self, delta: str) -> list[str]:
+        """A piece of reasoning: told as its summary's and as its text's (the item carries it as both)."""
+        events = [] if self.item is not None and self.item["type"] == "reasoning" else self._open_reasoning()
+        assert self.item is not None
+        self.item["summary"][0]["text"] += delta
+        self.item["content"][0]["text"] += delta
+        where = {"item_id": self.item["id"], "output_index": len(self.output)}
+        return [
+            *events,
+            self.event("response.reasoning_summary_text.delta", **where, summary_index=0, delta=delta),
+            self.event("response.reasoning_text.delta", **where, content_index=0, delta=delta),
+        ]
 
     def call(self, call_id: str, name: str) -> list[str]:
         events = self.close()
@@ -72,7 +89,16 @@ class _Events:
             return []
         where = {"item_id": item["id"], "output_index": len(self.output)}
         item["status"] = "completed"
-        if item["type"] == "message":
+        if item["type"] == "reasoning":
+            summary, part = item["summary"][0], item["content"][0]
+            events = [
+                self.event("response.reasoning_summary_text.done", **where, summary_index=0, text=summary["text"]),
+                self.event("response.reasoning_summary_part.done", **where, summary_index=0, part=summary),
+                self.event("response.reasoning_text.done", **where, content_index=0, text=part["text"]),
+                self.event("response.content_part.done", **where, content_index=0, part=part),
+            ]
+            item = reasoning_item(part["text"], self.include, "completed", item["id"])
+        elif item["type"] == "message":
             part = item["content"][0]
             events = [
                 self.event("response.output_text.done", **where, content_index=0, text=part["text"], logprobs=[]),
@@ -89,6 +115,19 @@ class _Events:
         self.output.append(item)
         return events
 
+    def _open_reasoning(self) -> list[str]:
+        events = self.close()
+        self.item = reasoning_item("", None, "in_progress")
+        where = {"item_id": self.item["id"], "output_index": len(self.output)}
+        added = {**self.item, "summary": [], "content": []}
+        summary, part = dict(self.item["summary"][0]), dict(self.item["content"][0])
+        return [
+            *events,
+            self.event("response.output_item.added", output_index=len(self.output), item=added),
+            self.event("response.reasoning_summary_part.added", **where, summary_index=0, part=summary),
+            self.event("response.content_part.added", **where, content_index=0, part=part),
+        ]
+
     def _open_message(self) -> list[str]:
         self.item = message_item("", "in_progress")
         part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
@@ -104,7 +143,7 @@ async def response_events(
     turn: Turn, chunks: AsyncGenerator[str, None], store: ResponseStore
 ) -> AsyncGenerator[str, None]:
     """The events of one streamed response, from the chat chunks of its request (n = 1, usage included)."""
-    events = _Events(turn.tools)
+    events = _Events(turn.tools, turn.request.include)
     started = response_object(turn, [], "in_progress", None)
     yield events.event("response.created", response=started)
     yield events.event("response.in_progress", response=started)
@@ -132,7 +171,9 @@ async def response_events(
 
 
 def _choice_events(events: _Events, delta: dict[str, Any]) -> list[str]:
-    out: list[str] = events.text(delta["content"]) if delta.get("content") else []
+    out: list[str] = events.reasoning(delta["reasoning_content"]) if delta.get("reasoning_content") else []
+    if delta.get("content"):
+        out += events.text(delta["content"])
     for call in delta.get("tool_calls") or []:
         if "id" in call:
             out += events.call(call["id"], call["function"]["name"])
@@ -149,7 +190,9 @@ def _message(output: list[dict[str, Any]]) -> dict[str, Any]:
         for i in output
         if i["type"] in ("function_call", "custom_tool_call")
     ]
-    return {"role": "assistant", "content": text or None, **({"tool_calls": calls} if calls else {})}
+    reasoning = "".join(i["content"][0]["text"] for i in output if i["type"] == "reasoning")
+    message = {"role": "assistant", "content": text or None, **({"tool_calls": calls} if calls else {})}
+    return {**message, "reasoning_content": reasoning} if reasoning else message
 
 
 def _arguments(item: dict[str, Any]) -> str:

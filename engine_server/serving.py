@@ -6,7 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from backends.base import (
@@ -21,6 +21,15 @@ from engine_server.config import Config
 from engine_server.errors import BadRequest, PromptTooLong
 from engine_server.metrics import Metrics
 from engine_server.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from engine_server.reasoning import (
+    ThinkSplitter,
+    opened_in_prompt,
+    reasoning_chunk,
+    reasoning_delta,
+    split,
+    uses_think,
+    with_reasoning,
+)
 from engine_server.shapes import chat_logprobs, chat_message, plain_chunk, stream_choice, text_logprobs, tool_deltas
 from engine_server.streaming import encode, encode_string
 from engine_server.tools import ChoiceTools, ToolPlan, plan_chat, probe_template
@@ -40,6 +49,9 @@ class Prepared:
     n: int
     include_usage: bool
     tools: ToolPlan | None = None  # chat with tools: how each choice's output is read for calls
+    # chat whose reasoning is read apart: whether the output starts inside it (the prompt opened <think>); None: no
+    # reasoning split
+    think: bool | None = None
     arrival: float = field(default_factory=time.monotonic)
 
 
@@ -72,19 +84,23 @@ class Serving:
         self.default_chat_template = default_chat_template
         self.metrics = metrics
         self._template_formats: dict[str | None, str | None] = {}  # per chat template: its tool-call format
+        self._template_thinks: dict[str | None, bool] = {}  # per chat template: whether its output is split
 
     # -- preparing -------------------------------------------------------------------------------------------
 
     def prepare(self, req: Request, fit_max_tokens: bool = False) -> Prepared:
         """fit_max_tokens: the request's max_tokens is a ceiling that the room left in the context (and the server's
         limit) may lower, as on the Anthropic API, where clients send one ceiling for every model."""
-        plan = None
+        plan = think = None
         if isinstance(req, ChatCompletionRequest):
             if isinstance(req.messages, str):
                 kind, prompts = "text", [self._tokenize(req.messages, add_special_tokens=True)]
             else:
-                ids, plan = self.chat_prompt(req)
-                kind, prompts = "chat", [ids]
+                thinks = self._thinks(req.chat_template or self.default_chat_template)
+                text, plan = self._chat_text(req)
+                think = opened_in_prompt(text) if thinks else None
+                # The template already carries the special tokens (BOS and turn markers).
+                kind, prompts = "chat", [self._tokenize(text, add_special_tokens=False)]
             prefix = "chatcmpl" if kind == "chat" else "cmpl"
         else:
             kind, prefix = "text", "cmpl"
@@ -96,13 +112,29 @@ class Serving:
             for i, ids in enumerate(prompts)
         ]
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return Prepared(kind, request_id, int(time.time()), self.model_name, requests, req.n, include_usage, plan)
+        return Prepared(
+            kind, request_id, int(time.time()), self.model_name, requests, req.n, include_usage, plan, think
+        )
 
     def _tokenize(self, text: str, add_special_tokens: bool) -> list[int]:
         return self.engine.tokenize(text, add_special_tokens=add_special_tokens)
 
     def chat_prompt(self, req: ChatCompletionRequest) -> tuple[list[int], ToolPlan | None]:
         """A chat request's prompt tokens, and how its output is read for tool calls (None: plain text)."""
+        text, plan = self._chat_text(req)
+        return self._tokenize(text, add_special_tokens=False), plan
+
+    def _thinks(self, template: str | None) -> bool:
+        """Whether outputs of this chat template have their reasoning read apart (probed once per template)."""
+        thinks = self._template_thinks.get(template)
+        if thinks is None:
+            if len(self._template_thinks) > 64:  # per-request templates: keep the memo bounded
+                self._template_thinks.clear()
+            probe = lambda messages, kwargs: self.engine.render_chat(messages, template, kwargs)  # noqa: E731
+            thinks = self._template_thinks[template] = uses_think(self.config.reasoning_parser, probe)
+        return thinks
+
+    def _chat_text(self, req: ChatCompletionRequest) -> tuple[str, ToolPlan | None]:
         assert isinstance(req.messages, list)
         template = req.chat_template or self.default_chat_template
         kwargs = dict(req.chat_template_kwargs or {})
@@ -119,8 +151,7 @@ class Serving:
         messages, extra, plan = plan_chat(
             req, fmt or None, self.config.tool_call_parser, self.config.max_parallel_tool_calls
         )
-        # The template already carries the special tokens (BOS and turn markers).
-        return self._tokenize(render(messages, extra), add_special_tokens=False), plan
+        return render(messages, extra), plan
 
     def _sampling(self, req: Request, num_prompt_tokens: int, structured: dict[str, Any]) -> SamplingOptions:
         limit = self.info.max_model_len
@@ -256,11 +287,7 @@ class Serving:
                 "created": prepared.created,
                 "model": prepared.model,
                 "choices": [
-                    {
-                        "index": idx,
-                        **chat_message(prepared.tools, "".join(c.text), c.finish_reason),
-                        "logprobs": chat_logprobs(c.logprobs),
-                    }
+                    {"index": idx, **self.chat_choice(prepared, c), "logprobs": chat_logprobs(c.logprobs)}
                     for idx, c in enumerate(choices)
                 ],
                 "usage": usage,
@@ -283,6 +310,14 @@ class Serving:
         }
 
     async def chunks(self, prepared: Prepared) -> AsyncGenerator[str, None]:
+    def chat_choice(self, prepared: Prepared, choice: Choice) -> dict[str, Any]:
+        """A whole chat choice's message (its reasoning apart, tool calls read from the content only) and finish."""
+        text = "".join(choice.text)
+        if prepared.think is None:
+            return chat_message(prepared.tools, text, choice.finish_reason)
+        reasoning, content = split(text, prepared.think)
+        return with_reasoning(chat_message(prepared.tools, content, choice.finish_reason), reasoning)
+
         """Streaming chunks, as JSON text. A chat choice's first chunk comes with its first token and carries the
         role, and the token's text if it has any (a token can end inside a character, or be a skipped special
         token): the client sees the first token when it is made, as from OpenAI and vLLM."""
@@ -302,11 +337,28 @@ class Serving:
         num_output = 0
         shapers: dict[int, ChoiceTools] | None = {} if chat and prepared.tools is not None else None
         async for i, step in self.steps(prepared):
+        splitters: dict[int, ThinkSplitter] | None = {} if prepared.think is not None else None
+        reasoning_chunks: dict[int, list[str] | None] = {}
             num_prompt[i] = step.num_prompt_tokens
             for d in step.deltas:
                 index = i * prepared.n + d.index
                 num_output += d.num_tokens
                 if shapers is not None:
+                if splitters is not None:  # the reasoning goes first, in chunks of its own; the content goes on
+                    splitter = splitters.setdefault(index, ThinkSplitter(bool(prepared.think)))
+                    reasoning, text = splitter.feed(d.text, final=d.finish_reason is not None)
+                    if reasoning:
+                        if index not in reasoning_chunks:
+                            reasoning_chunks[index] = reasoning_chunk(head, index)
+                        parts = reasoning_chunks[index]
+                        if index in started and parts is not None:
+                            yield encode_string(reasoning).join(parts)
+                        else:
+                            delta = reasoning_delta(reasoning, role=index not in started)
+                            started.add(index)
+                            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": None}
+                            yield encode({**head, "choices": [choice]})
+                    d = replace(d, text=text)
                     shaper = shapers.setdefault(index, ChoiceTools(prepared.tools))  # type: ignore[arg-type]
                     for delta, last in tool_deltas(shaper, d):
                         if index not in started:

@@ -164,11 +164,15 @@ def _closed(schema: Any) -> Any:
 
 
 def _template_message(m: dict[str, Any]) -> dict[str, Any]:
-    """A message as chat templates take it: text content, and call arguments as objects (Hugging Face's form)."""
+    """A message as chat templates take it: text content, call arguments as objects (Hugging Face's form), and
+    reasoning as reasoning_content."""
     m.pop("annotations", None)
     if m.get("refusal") and not m.get("content"):
         m["content"] = m["refusal"]
     m.pop("refusal", None)
+    reasoning = m.pop("reasoning", None)
+    if reasoning and not m.get("reasoning_content"):
+        m["reasoning_content"] = reasoning
     if isinstance(m.get("content"), list):
         m["content"] = "\n".join(part["text"] for part in m["content"])
     if m.get("tool_calls"):

@@ -30,8 +30,17 @@ class FakeEngine:
         step_delay: float = 0.0,
         fail_after: int | None = None,
         textless_first_token: bool = False,
+        reply: list[str] | None = None,
+        thinking: str | None = None,
     ) -> None:
         self.max_model_len = max_model_len
+        self.reply = reply  # the reply's text pieces, one per step (None: the words of REPLY)
+        # How the chat template writes <think>: None, not at all; "prompt", opened in the generation prompt
+        # (DeepSeek-R1 distills); "switch", Qwen3's: an empty block when enable_thinking is false, earlier turns'
+        # reasoning_content rendered
+        self.thinking = thinking
+        self.template_kwargs: list[dict[str, Any]] = []  # of each chat prompt rendered
+        self.rendered: list[str] = []  # each chat prompt rendered
         # The first token makes no text yet (it ends inside a character); its word comes with the second token.
         self.textless_first_token = textless_first_token
         self.step_delay = step_delay
@@ -61,9 +70,10 @@ class FakeEngine:
                 if self.fail_after is not None and step >= self.fail_after:
                     raise EngineDeadError("fake engine failure")
                 await asyncio.sleep(self.step_delay)
-                last = step == s.max_tokens - 1 or step == len(REPLY) - 1
-                word = REPLY[step % len(REPLY)]
-                text = (" " if step else "") + word
+                pieces = self.reply or REPLY
+                last = step == s.max_tokens - 1 or step == len(pieces) - 1
+                word = pieces[step % len(pieces)]
+                text = word if self.reply else (" " if step else "") + word
                 if self.textless_first_token and step < 2:
                     text = "" if step == 0 else REPLY[0] + text
                 deltas = [
@@ -115,7 +125,24 @@ class FakeEngine:
         chat_template: str | None = None,
         template_kwargs: dict[str, Any] | None = None,
     ) -> str:
-        return "".join(f"<{m['role']}>{m.get('content', '')}" for m in messages) + "<assistant>"
+        kwargs = template_kwargs or {}
+        self.template_kwargs.append(kwargs)
+        turns = []
+        for m in messages:
+            reasoning = m.get("reasoning_content")
+            think = f"<think>{reasoning}</think>" if reasoning and self.thinking == "switch" else ""
+            turns.append(f"<{m['role']}>{think}{m.get('content') or ''}")
+        prompt = "".join(turns)
+        if not kwargs.get("add_generation_prompt", True):
+            pass
+        elif self.thinking == "prompt":
+            prompt += "<assistant><think>\n"
+        elif self.thinking == "switch" and kwargs.get("enable_thinking") is False:
+            prompt += "<assistant><think>\n\n</think>\n\n"
+        else:
+            prompt += "<assistant>"
+        self.rendered.append(prompt)
+        return prompt
 
     async def shutdown(self) -> None:
         self.shut_down = True

@@ -40,6 +40,7 @@ def check_block_order(events: list[tuple[str, dict[str, Any]]]) -> None:
     names = [name for name, _ in events]
     assert names[0] == "message_start" and names[-1] == "message_stop" and names[-2] == "message_delta"
     open_index = None
+    last_delta = None  # the type of the open block's last delta
     seen = []
     for name, data in events:
         if name == "content_block_start":
@@ -48,11 +49,15 @@ def check_block_order(events: list[tuple[str, dict[str, Any]]]) -> None:
             seen.append(data["content_block"]["type"])
         elif name == "content_block_delta":
             assert data["index"] == open_index
-            kind = {"text": "text_delta", "tool_use": "input_json_delta"}[seen[open_index]]
-            assert data["delta"]["type"] == kind
+            kinds = {"text": ("text_delta",), "tool_use": ("input_json_delta",)}
+            kinds["thinking"] = ("thinking_delta", "signature_delta")  # the signature last, checked below
+            assert data["delta"]["type"] in kinds[seen[open_index]]
+            assert last_delta != "signature_delta", "a delta after the signature"
+            last_delta = data["delta"]["type"]
         elif name == "content_block_stop":
             assert data["index"] == open_index
-            open_index = None
+            assert seen[open_index] != "thinking" or last_delta == "signature_delta", "a thinking block unsigned"
+            open_index, last_delta = None, None
     assert open_index is None
 
 

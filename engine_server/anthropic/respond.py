@@ -1,8 +1,9 @@
 """A Messages response from the engine's output: whole, or streamed as the API's events.
 
 Streamed: message_start (with the prompt's usage), ping; per content block content_block_start,
-content_block_delta (text_delta or input_json_delta)..., content_block_stop; then message_delta (stop reason,
-output tokens) and message_stop. Every delta belongs to a block that was started and not yet stopped.
+content_block_delta (thinking_delta, text_delta or input_json_delta)..., content_block_stop (a thinking block's
+after a signature_delta, as Anthropic streams them); then message_delta (stop reason, output tokens) and
+message_stop. Every delta belongs to a block that was started and not yet stopped; thinking comes first.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from engine_server.anthropic.translate import content_blocks, message, stop_reason, tool_use_id, usage
+from engine_server.reasoning import ThinkSplitter
 from engine_server.serving import Prepared, Serving
-from engine_server.shapes import chat_message
 from engine_server.streaming import encode
 from engine_server.tools import ChoiceTools
 
@@ -21,7 +22,7 @@ async def complete_message(serving: Serving, prepared: Prepared) -> dict[str, An
     """The whole message of a non-streamed request (one prompt, one choice)."""
     collected = await serving.collect(prepared)
     choice = collected.choices[0]
-    chat = chat_message(prepared.tools, "".join(choice.text), choice.finish_reason)
+    chat = serving.chat_choice(prepared, choice)
     blocks = content_blocks(chat["message"])
     called = any(b["type"] == "tool_use" for b in blocks)
     serving.usage(collected.num_prompt_tokens, choice.num_tokens)
@@ -38,6 +39,10 @@ class _Blocks:
         self.open: str | None = None  # the type of the block in progress
         self.num_calls = 0
 
+    def thinking(self, text: str) -> list[str]:
+        events = [] if self.open == "thinking" else [*self.close(), self._start({"type": "thinking", "thinking": ""})]
+        return [*events, self._delta({"type": "thinking_delta", "thinking": text})]
+
     def text(self, text: str) -> list[str]:
         events = [] if self.open == "text" else [*self.close(), self._start({"type": "text", "text": ""})]
         return [*events, self._delta({"type": "text_delta", "text": text})]
@@ -52,8 +57,9 @@ class _Blocks:
     def close(self) -> list[str]:
         if self.open is None:
             return []
+        signed = [self._delta({"type": "signature_delta", "signature": ""})] if self.open == "thinking" else []
         self.open = None
-        return [encode({"type": "content_block_stop", "index": self.index})]
+        return [*signed, encode({"type": "content_block_stop", "index": self.index})]
 
     def _start(self, block: dict[str, Any]) -> str:
         self.index += 1
@@ -69,6 +75,7 @@ async def message_events(serving: Serving, prepared: Prepared) -> AsyncGenerator
     steps = serving.steps(prepared)
     blocks = _Blocks()
     shaper = ChoiceTools(prepared.tools) if prepared.tools is not None else None
+    splitter = ThinkSplitter(prepared.think) if prepared.think is not None else None
     num_output = 0
     finish: str | None = None
     stop: str | None = None
@@ -84,11 +91,16 @@ async def message_events(serving: Serving, prepared: Prepared) -> AsyncGenerator
                 num_output += d.num_tokens
                 finish = d.finish_reason or finish
                 stop = d.stop_sequence or stop
+                text = d.text
+                if splitter is not None:
+                    reasoning, text = splitter.feed(text, final=d.finish_reason is not None)
+                    for event in blocks.thinking(reasoning) if reasoning else []:
+                        yield event
                 if shaper is None:
-                    for event in blocks.text(d.text) if d.text else []:
+                    for event in blocks.text(text) if text else []:
                         yield event
                     continue
-                deltas = shaper.feed(d.text) + (shaper.finish() if d.finish_reason is not None else [])
+                deltas = shaper.feed(text) + (shaper.finish() if d.finish_reason is not None else [])
                 for delta in deltas:
                     for event in _chat_delta_events(blocks, delta):
                         yield event

@@ -69,6 +69,9 @@ def to_chat(req: CountTokensRequest, model: str) -> ChatCompletionRequest:
     fmt = req.output_config.format if req.output_config else None
     if fmt is not None:
         body["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt.schema_}}
+    if req.thinking is not None:
+        # Templates with a thinking switch (Qwen3's enable_thinking) follow it; the others ignore it.
+        body["chat_template_kwargs"] = {"enable_thinking": req.thinking.type != "disabled"}
     if isinstance(req, MessagesRequest):
         body |= {
             "max_tokens": req.max_tokens,
@@ -175,8 +178,11 @@ def stop_reason(finish_reason: str | None, stop_sequence: str | None, called: bo
 
 
 def content_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
-    """A chat message (tool calls read out) as Messages content blocks."""
+    """A chat message (reasoning and tool calls read out) as Messages content blocks: thinking, text, tool_use.
+    The thinking block's signature is empty: nothing here signs it, and it is not read back."""
     blocks: list[dict[str, Any]] = []
+    if message.get("reasoning_content"):
+        blocks.append({"type": "thinking", "thinking": message["reasoning_content"], "signature": ""})
     if message.get("content"):
         blocks.append({"type": "text", "text": message["content"]})
     for call in message.get("tool_calls") or []:
