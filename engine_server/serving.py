@@ -153,18 +153,17 @@ class Serving:
         )
         return render(messages, extra), plan
 
-    def _sampling(self, req: Request, num_prompt_tokens: int, structured: dict[str, Any]) -> SamplingOptions:
+    def _sampling(
+        self, req: Request, num_prompt_tokens: int, structured: dict[str, Any], fit_max_tokens: bool
+    ) -> SamplingOptions:
         limit = self.info.max_model_len
         if num_prompt_tokens >= limit:
-            raise BadRequest(
-                f"This model's maximum context length is {limit} tokens. However, your prompt has "
-                f"{num_prompt_tokens} tokens, which leaves no room for output. Please shorten the prompt.",
-                param="messages" if isinstance(req, ChatCompletionRequest) else "prompt",
-                code="context_length_exceeded",
+            raise PromptTooLong(
+                num_prompt_tokens, limit, param="messages" if isinstance(req, ChatCompletionRequest) else "prompt"
             )
         room = limit - num_prompt_tokens
         max_tokens = req.max_output_tokens
-        if max_tokens is None:
+        if max_tokens is None or (fit_max_tokens and max_tokens > room):
             max_tokens = room
         elif max_tokens > room:
             raise BadRequest(
