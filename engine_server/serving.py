@@ -308,7 +308,6 @@ class Serving:
             "usage": usage,
         }
 
-    async def chunks(self, prepared: Prepared) -> AsyncGenerator[str, None]:
     def chat_choice(self, prepared: Prepared, choice: Choice) -> dict[str, Any]:
         """A whole chat choice's message (its reasoning apart, tool calls read from the content only) and finish."""
         text = "".join(choice.text)
@@ -317,6 +316,7 @@ class Serving:
         reasoning, content = split(text, prepared.think)
         return with_reasoning(chat_message(prepared.tools, content, choice.finish_reason), reasoning)
 
+    async def chunks(self, prepared: Prepared) -> AsyncGenerator[str, None]:
         """Streaming chunks, as JSON text. A chat choice's first chunk comes with its first token and carries the
         role, and the token's text if it has any (a token can end inside a character, or be a skipped special
         token): the client sees the first token when it is made, as from OpenAI and vLLM."""
@@ -335,14 +335,13 @@ class Serving:
         num_prompt = [0] * len(prepared.requests)
         num_output = 0
         shapers: dict[int, ChoiceTools] | None = {} if chat and prepared.tools is not None else None
-        async for i, step in self.steps(prepared):
         splitters: dict[int, ThinkSplitter] | None = {} if prepared.think is not None else None
         reasoning_chunks: dict[int, list[str] | None] = {}
+        async for i, step in self.steps(prepared):
             num_prompt[i] = step.num_prompt_tokens
             for d in step.deltas:
                 index = i * prepared.n + d.index
                 num_output += d.num_tokens
-                if shapers is not None:
                 if splitters is not None:  # the reasoning goes first, in chunks of its own; the content goes on
                     splitter = splitters.setdefault(index, ThinkSplitter(bool(prepared.think)))
                     reasoning, text = splitter.feed(d.text, final=d.finish_reason is not None)
@@ -358,6 +357,7 @@ class Serving:
                             choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": None}
                             yield encode({**head, "choices": [choice]})
                     d = replace(d, text=text)
+                if shapers is not None:
                     shaper = shapers.setdefault(index, ChoiceTools(prepared.tools))  # type: ignore[arg-type]
                     for delta, last in tool_deltas(shaper, d):
                         if index not in started:
