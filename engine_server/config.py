@@ -203,6 +203,14 @@ class Config:
         "ignore tools get the tools in a system prompt asking for hermes tags.",
         env=("TOOL_CALL_PARSER",),
     )
+    reasoning_parser: str = option(
+        "auto",
+        f"How a model's reasoning is read apart from its answer: one of {', '.join(REASONING_PARSERS)}. think (qwen3 "
+        "and deepseek_r1 are its vLLM names): the text between <think> and </think> (or up to </think> where the "
+        "prompt opens the tag) is returned as reasoning_content/reasoning, a Responses reasoning item, an Anthropic "
+        "thinking block. auto: think for chat templates that write <think>, none for the others.",
+        env=("ENGINE_SERVER_REASONING_PARSER",),
+    )
     max_parallel_tool_calls: int = option(
         4,
         "Most calls a response makes under tool_choice required with parallel_tool_calls: the engine is held to a "
@@ -227,14 +235,6 @@ class Config:
     )
     log_level: str = option("info", "Log level: debug, info, warning, error.", env=("LOG_LEVEL",))
     log_format: str = option(
-    reasoning_parser: str = option(
-        "auto",
-        f"How a model's reasoning is read apart from its answer: one of {', '.join(REASONING_PARSERS)}. think (qwen3 "
-        "and deepseek_r1 are its vLLM names): the text between <think> and </think> (or up to </think> where the "
-        "prompt opens the tag) is returned as reasoning_content/reasoning, a Responses reasoning item, an Anthropic "
-        "thinking block. auto: think for chat templates that write <think>, none for the others.",
-        env=("ENGINE_SERVER_REASONING_PARSER",),
-    )
         "json", "Log format: json (one object per line, with the request id) or text.", env=("LOG_FORMAT",)
     )
     api_key: Secret | None = option(
