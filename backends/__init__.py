@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -40,12 +41,28 @@ def select_backend(config: Config, has_module: Callable[[str], bool] = has_modul
     if config.nnodes > 1:
         return Selection("cpu", "hw_mode auto: no Gaudi card, and a model across hosts (nnodes > 1) runs on vLLM CPU")
     if has_module("openvino_genai"):
-        return Selection(
-            "openvino",
-            "hw_mode auto: no Gaudi card; OpenVINO GenAI is installed, the fastest engine on CPUs here "
-            "(cpu, vLLM, is the other)",
+        refusal = openvino_refusal(config)
+        if refusal is None:
+            return Selection(
+                "openvino",
+                "hw_mode auto: no Gaudi card; OpenVINO GenAI is installed, the fastest engine on CPUs here "
+                "(cpu, vLLM, is the other)",
+            )
+        if has_module("vllm"):
+            return Selection("cpu", f"hw_mode auto: no Gaudi card; {refusal}, so vLLM CPU serves it")
+        raise BackendUnavailableError(
+            f"hw_mode auto: {refusal}, and this environment ({sys.executable}) has no vLLM to serve it instead "
+            "(the two engines need other transformers versions). Fix: start the server from the vLLM environment: "
+            f".venv/bin/engine-server --hw-mode cpu --model {config.model}"
         )
     return Selection("cpu", "hw_mode auto: no Gaudi card and no OpenVINO GenAI in this environment: vLLM CPU")
+
+
+def openvino_refusal(config: Config) -> str | None:
+    """Why the openvino export cannot handle the configured model (engine_server/openvino_architectures.py)."""
+    from engine_server import models
+
+    return models.openvino_refusal(config)
 
 
 def create_engine(config: Config, resolve_model: ModelResolver, hw_mode: str | None = None) -> Engine:
@@ -65,6 +82,13 @@ def create_engine(config: Config, resolve_model: ModelResolver, hw_mode: str | N
         from backends import openvino, openvino_settings
 
         openvino_settings.check_available(config)
+        refusal = openvino_refusal(config)
+        if refusal is not None:
+            raise BackendUnavailableError(
+                f"hw_mode openvino cannot serve this model: {refusal}. Fix: serve it on vLLM CPU "
+                f"(.venv/bin/engine-server --hw-mode cpu --model {config.model}), or export it to OpenVINO IR "
+                "yourself and pass that directory with --model."
+            )
         return openvino.create_engine(config, resolve_model)
     raise BackendUnavailableError(f"hw_mode {hw_mode!r} is not available in this build")
 

@@ -55,6 +55,19 @@ def _openvino(config: Config) -> str:
         raise ModelUnavailableError(str(exc)) from None
 
 
+def openvino_refusal(config: Config) -> str | None:
+    """Why the openvino backend cannot serve the configured model, known before anything is loaded; None when it can
+    (or when only the export itself can tell: a hub id not yet downloaded)."""
+    if config.builtin_model is not None or config.model is None:
+        return None
+    path = Path(str(config.model)).expanduser()
+    if not path.is_dir():
+        return None
+    from engine_server import openvino_architectures
+
+    return openvino_architectures.refusal(path, config.cache_dir)
+
+
 def _preferred_weights(config: Config) -> str:
     name = config.builtin_model
     return builtin_models.MODELS[name].openvino_weights if name is not None else "fp16"
