@@ -283,6 +283,7 @@ def test_input_items_become_chat_turns() -> None:
         {
             "role": "assistant",
             "content": "Looking.",
+            "reasoning_content": "hmm",  # the reasoning item before it, for templates that render it
             "tool_calls": [
                 {"id": "c1", "type": "function", "function": {"name": "apply_patch", "arguments": PATCH_ARGUMENTS}},
                 {"id": "c2", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}},
