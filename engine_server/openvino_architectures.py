@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 from engine_server.atomic import build_once
+
+logger = logging.getLogger("engine_server.openvino_architectures")
 
 # The export's task (openvino_export.py); the env makes transformers import torch, which optimum's registry needs.
 LIST = """
@@ -61,8 +64,13 @@ def supported_model_types(cache_dir: Path) -> list[str] | None:
         (build / listed.name).write_text(done.stdout.strip().splitlines()[-1])
 
     final.parent.mkdir(parents=True, exist_ok=True)
-    build_once(final, listed.is_file, fill, lambda line: None, "listing optimum-intel's architectures")
-    types: list[str] = json.loads(listed.read_text())
+    try:
+        build_once(final, listed.is_file, fill, logger.info, "listing optimum-intel's architectures")
+        types: list[str] = json.loads(listed.read_text())
+    except (RuntimeError, OSError, ValueError) as exc:
+        # Not knowing is no reason to refuse: the export itself then says what it cannot do.
+        logger.warning("%s; the export will tell whether it can handle this model", exc)
+        return None
     return types
 
 

