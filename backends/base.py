@@ -54,6 +54,9 @@ class SamplingOptions:
     skip_special_tokens: bool = True
     json_object: bool = False
     json_schema: dict[str, Any] | None = None
+    # Speculative decoding asked by this request (vLLM-style extra fields); None: the server's setting, 0: none.
+    num_speculative_tokens: int | None = None
+    prompt_lookup_max_ngram: int | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,18 @@ class EngineStats:
     # Prompt tokens looked up in the prefix cache since start, and those found there; None: not counted by the engine.
     prefix_cache_queries: int | None = None
     prefix_cache_hits: int | None = None
+    spec_decode: SpecDecodeStats | None = None  # None: the engine does not speculate
+
+
+@dataclass(frozen=True)
+class SpecDecodeStats:
+    """Speculative decoding since start, as vLLM counts it: steps of a sequence that had draft tokens to check, the
+    draft tokens, those the model accepted, and the accepted ones by their position in the draft (0: the first)."""
+
+    num_drafts: int = 0
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+    accepted_per_position: tuple[int, ...] = ()
 
 
 class Engine(Protocol):

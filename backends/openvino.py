@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -39,8 +40,9 @@ from backends.base import (
 )
 from backends.openvino_cache import KvCacheReport, engine_stats, kv_cache_report
 from backends.openvino_request import OpenVinoRequest, merge_outputs
-from backends.openvino_sampling import check_supported, generation_config, openvino_message
+from backends.openvino_sampling import check_supported, generation_config, openvino_message, request_prompt_lookup
 from backends.openvino_settings import PipelineSettings, settings_from_config
+from backends.openvino_speculation import SequenceSpeculation, SpecDecodeCounts
 from backends.tokenizer import HfTokenizerMixin
 
 if TYPE_CHECKING:
@@ -81,6 +83,7 @@ class OpenVinoEngine(HfTokenizerMixin):
         self._metrics: Any = None
         self._dead: str | None = None
         self.kv_cache: KvCacheReport | None = None
+        self._spec_counts = SpecDecodeCounts()  # stepping thread only (read at scrape time)
 
     # -- starting ------------------------------------------------------------------------------------------------
 
@@ -132,6 +135,9 @@ class OpenVinoEngine(HfTokenizerMixin):
         config = openvino_genai.GenerationConfig()
         config.max_new_tokens = 1
         config.ignore_eos = True
+        if self.settings.prompt_lookup is not None:  # a prompt-lookup pipeline takes no request without drafts
+            config.num_assistant_tokens = self.settings.prompt_lookup.num_speculative_tokens
+            config.max_ngram_size = self.settings.prompt_lookup.max_ngram
         prompt = openvino.Tensor(np.array([[self._eos_token_id]], dtype=np.int64))
         handle = self._pipe.add_request(next(self._ids), prompt, config)  # dropping the handle stops the request
         m = None
@@ -206,6 +212,9 @@ class OpenVinoEngine(HfTokenizerMixin):
 
         prompt = openvino.Tensor(np.array([req.request.prompt_token_ids], dtype=np.int64))
         req.pipeline_id = next(self._ids)
+        if self.settings.prompt_lookup is not None:
+            lookup = request_prompt_lookup(req.request.sampling, self.settings.prompt_lookup)
+            req.speculation = SequenceSpeculation(req.request.prompt_token_ids, lookup, req.request.sampling.max_tokens)
         try:
             req.handle = self._pipe.add_request(req.pipeline_id, prompt, req.config)
         except RuntimeError as exc:
@@ -226,6 +235,8 @@ class OpenVinoEngine(HfTokenizerMixin):
         deltas = []
         while req.handle.can_read():
             deltas += req.take(req.handle.read())
+        if req.speculation is not None:
+            req.speculation.end_step(self._spec_counts)
         if status == "FINISHED":
             deltas += req.close()
         elif req.all_done:
@@ -264,8 +275,10 @@ class OpenVinoEngine(HfTokenizerMixin):
         if self._thread is None:
             raise EngineNotReadyError("the engine is still starting")
         s = request.sampling
-        check_supported(s, self._vocab_size)
-        req = OpenVinoRequest(request, generation_config(s, self._eos_token_id, self._stop_token_ids), self._tokenizer)
+        lookup = self.settings.prompt_lookup
+        check_supported(s, self._vocab_size, lookup)
+        config = generation_config(s, self._eos_token_id, self._stop_token_ids, lookup)
+        req = OpenVinoRequest(request, config, self._tokenizer)
         self._by_id[request.request_id] = req
         self._commands.put(("add", req))
         try:
@@ -307,7 +320,10 @@ class OpenVinoEngine(HfTokenizerMixin):
             raise EngineDeadError("the OpenVINO stepping thread stopped")
 
     def stats(self) -> EngineStats:
-        return engine_stats(self._metrics, self.kv_cache)
+        stats = engine_stats(self._metrics, self.kv_cache)
+        if self.settings.prompt_lookup is None:
+            return stats
+        return dataclasses.replace(stats, spec_decode=self._spec_counts.snapshot())
 
     async def shutdown(self) -> None:
         thread, self._thread = self._thread, None
@@ -348,6 +364,8 @@ def open_pipeline(model: str, s: PipelineSettings, max_model_len: int) -> Any:
         properties["INFERENCE_PRECISION_HINT"] = s.inference_precision
     if s.enable_cpu_pinning is not None:
         properties["ENABLE_CPU_PINNING"] = s.enable_cpu_pinning
+    if s.prompt_lookup is not None:
+        properties["prompt_lookup"] = True  # every request then needs num_assistant_tokens and max_ngram_size
     logger.info("starting the OpenVINO pipeline on %s: %s %s", s.device, scheduler.to_string(), properties)
     try:
         return openvino_genai.ContinuousBatchingPipeline(model, scheduler, s.device, properties)

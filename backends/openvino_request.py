@@ -12,6 +12,7 @@ from typing import Any
 
 from backends.base import CompletionDelta, FinishReason, GenerateRequest, StepOutput, TokenLogprob
 from backends.detokenizer import IncrementalDetokenizer
+from backends.openvino_speculation import SequenceSpeculation
 
 FINISH_REASONS: dict[str, FinishReason] = {"STOP": "stop", "LENGTH": "length"}  # GenerationFinishReason names
 
@@ -34,6 +35,7 @@ class OpenVinoRequest:
         self.pipeline_id: int | None = None
         self.done: set[int] = set()  # indexes of the sequences that ended
         self.finished = False  # the last output has been posted
+        self.speculation: SequenceSpeculation | None = None  # under prompt lookup (one sequence): its drafts
 
     @property
     def all_done(self) -> bool:
@@ -63,6 +65,8 @@ class OpenVinoRequest:
 
     def _delta(self, index: int, out: Any) -> CompletionDelta:
         ids = [int(t) for t in out.generated_ids]
+        if self.speculation is not None:
+            self.speculation.pending += ids
         reason = FINISH_REASONS.get(out.finish_reason.name)
         # The EOS or stop token id that ended the sequence is counted but not shown, as in vLLM.
         stop_terminated = reason == "stop" and bool(ids) and ids[-1] in self.stop_token_ids

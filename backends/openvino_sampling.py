@@ -11,6 +11,7 @@ from typing import Any
 
 from backends.base import InvalidRequestError, SamplingOptions
 from backends.json_grammar import SchemaError, compact_json_grammar
+from backends.openvino_speculation import PromptLookup
 
 GREEDY_BELOW = 1e-5  # vLLM's threshold: a lower temperature means greedy decoding
 
@@ -19,8 +20,10 @@ def is_greedy(s: SamplingOptions) -> bool:
     return s.temperature < GREEDY_BELOW
 
 
-def check_supported(s: SamplingOptions, vocab_size: int) -> None:
-    """Raise InvalidRequestError for a request OpenVINO would answer differently from what it asks."""
+def check_supported(s: SamplingOptions, vocab_size: int, lookup: PromptLookup | None = None) -> None:
+    """Raise InvalidRequestError for a request OpenVINO would answer differently from what it asks. lookup: the
+    pipeline's prompt lookup (None: started without)."""
+    check_speculation(s, lookup)
     if s.logprobs is not None and s.logprobs > 1:
         raise InvalidRequestError(
             f"The openvino backend returns the chosen token's log-probability and no alternatives: top_logprobs "
@@ -46,6 +49,28 @@ def check_supported(s: SamplingOptions, vocab_size: int) -> None:
         )
 
 
+def check_speculation(s: SamplingOptions, lookup: PromptLookup | None) -> None:
+    # A prompt-lookup pipeline refuses requests without drafts, and a plain one ignores a request's draft settings.
+    if lookup is None:
+        if s.num_speculative_tokens or s.prompt_lookup_max_ngram is not None:
+            raise InvalidRequestError(
+                "This server runs without speculative decoding: start it with --prompt-lookup "
+                "(ENGINE_SERVER_PROMPT_LOOKUP=1) for num_speculative_tokens or prompt_lookup_max_ngram.",
+                param="num_speculative_tokens" if s.num_speculative_tokens else "prompt_lookup_max_ngram",
+            )
+        return
+    if s.num_speculative_tokens == 0:
+        raise InvalidRequestError(
+            "This server runs every request with prompt lookup (--prompt-lookup): OpenVINO's prompt-lookup pipeline "
+            "cannot run a request without drafts. Ask for 1 or more num_speculative_tokens, or omit the field.",
+            param="num_speculative_tokens",
+        )
+    if s.n > 1:
+        raise InvalidRequestError(
+            "With prompt lookup on (--prompt-lookup), OpenVINO runs one sequence per request: n must be 1.", param="n"
+        )
+
+
 def _top_token_is_chosen(s: SamplingOptions) -> bool:
     # OpenVINO's log-probabilities are the raw model's (as vLLM's are): under plain greedy decoding the chosen token
     # is the raw distribution's most likely one, so it is its own top-1 alternative. Anything that reshapes the
@@ -61,11 +86,18 @@ def _top_token_is_chosen(s: SamplingOptions) -> bool:
     return is_greedy(s) and not reshaped
 
 
-def generation_config(s: SamplingOptions, eos_token_id: int, stop_token_ids: Set[int]) -> Any:
-    """The GenerationConfig for one request; raises InvalidRequestError where OpenVINO's validation refuses it."""
+def generation_config(
+    s: SamplingOptions, eos_token_id: int, stop_token_ids: Set[int], lookup: PromptLookup | None = None
+) -> Any:
+    """The GenerationConfig for one request; raises InvalidRequestError where OpenVINO's validation refuses it.
+    lookup: the pipeline's prompt lookup, which every request on it must carry (the request's own figures first)."""
     import openvino_genai
 
     c = openvino_genai.GenerationConfig()
+    if lookup is not None:
+        request_lookup = request_prompt_lookup(s, lookup)
+        c.num_assistant_tokens = request_lookup.num_speculative_tokens
+        c.max_ngram_size = request_lookup.max_ngram
     c.max_new_tokens = s.max_tokens
     c.min_new_tokens = s.min_tokens
     c.ignore_eos = s.ignore_eos
@@ -104,6 +136,12 @@ def generation_config(s: SamplingOptions, eos_token_id: int, stop_token_ids: Set
     except RuntimeError as exc:
         raise InvalidRequestError(f"OpenVINO refused these sampling parameters: {openvino_message(exc)}") from None
     return c
+
+
+def request_prompt_lookup(s: SamplingOptions, lookup: PromptLookup) -> PromptLookup:
+    return PromptLookup(
+        s.num_speculative_tokens or lookup.num_speculative_tokens, s.prompt_lookup_max_ngram or lookup.max_ngram
+    )
 
 
 def json_grammar(schema: dict[str, Any] | None) -> str:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from backends.openvino_speculation import PromptLookup
+
 if TYPE_CHECKING:
     from engine_server.config import Config
 
@@ -30,6 +32,7 @@ class PipelineSettings:
     max_num_seqs: int | None = None
     max_model_len: int | None = None
     trust_remote_code: bool = False
+    prompt_lookup: PromptLookup | None = None  # None: no speculative decoding
 
 
 def settings_from_config(config: Config) -> PipelineSettings:
@@ -46,6 +49,11 @@ def settings_from_config(config: Config) -> PipelineSettings:
         max_num_seqs=config.max_num_seqs,
         max_model_len=config.max_model_len,
         trust_remote_code=config.trust_remote_code,
+        prompt_lookup=(
+            PromptLookup(config.num_speculative_tokens, config.prompt_lookup_max_ngram)
+            if config.prompt_lookup
+            else None
+        ),
     )
 
 

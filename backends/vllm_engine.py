@@ -35,6 +35,14 @@ logger = logging.getLogger("engine_server.vllm")
 def shared_engine_args(config: Config, **backend_args: Any) -> dict[str, Any]:
     """The AsyncEngineArgs every vLLM backend takes from the config; backend_args add to or override them.
     Settings left at None are not passed, so that vLLM (or its platform plugin) picks its own default."""
+    if config.prompt_lookup:
+        from backends import BackendUnavailableError
+
+        raise BackendUnavailableError(
+            "prompt_lookup (speculative decoding) runs on hw_mode openvino only: vLLM's CPU backend has no "
+            "speculative decoding yet (vllm issue 28384), and this server does not pass it to vLLM on Gaudi. "
+            "Use --hw-mode openvino, or drop --prompt-lookup / ENGINE_SERVER_PROMPT_LOOKUP."
+        )
     args = {
         "enable_prefix_caching": config.enable_prefix_caching,
         "trust_remote_code": config.trust_remote_code,
@@ -178,6 +186,13 @@ class VllmEngine(HfTokenizerMixin):
 
     def _sampling_params(self, s: SamplingOptions) -> Any:
         from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+
+        if s.num_speculative_tokens or s.prompt_lookup_max_ngram is not None:
+            raise InvalidRequestError(
+                "Speculative decoding runs on the openvino backend only (--prompt-lookup): vLLM's CPU backend has "
+                "none yet (vllm issue 28384). Omit num_speculative_tokens and prompt_lookup_max_ngram, or send 0.",
+                param="num_speculative_tokens" if s.num_speculative_tokens else "prompt_lookup_max_ngram",
+            )
 
         structured = None
         if s.json_schema is not None:

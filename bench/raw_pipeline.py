@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for spec in json.loads(args.runs.read_text()):
         workload, prompts = spec["workload"], spec["prompts"]
-        driver = Driver(pipe, generation_config(SamplingOptions(workload["output_len"], ignore_eos=True), eos, stops))
+        options = SamplingOptions(workload["output_len"], ignore_eos=True)
+        driver = Driver(pipe, generation_config(options, eos, stops, settings.prompt_lookup))
         driver.run(prompts[:1], 1)
         with CpuMeter((os.getpgid(0),)) as cpu:  # the caller starts this process as its own group's leader
             timings, duration = driver.run(prompts, workload["concurrency"])

@@ -22,6 +22,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 KV_CACHE_PRECISIONS = ("u8", "f16", "bf16", "f32")
 DEVICE_PATTERN = re.compile(r"CPU|GPU(\.\d+)?")
 EXECUTOR_BACKENDS = ("mp", "ray")
+DEFAULT_NUM_SPECULATIVE_TOKENS = 5  # OpenVINO GenAI's prompt-lookup sample
+DEFAULT_PROMPT_LOOKUP_MAX_NGRAM = 3
+MAX_SPECULATIVE_TOKENS = 32
 
 
 class ConfigError(ValueError):
@@ -116,6 +119,27 @@ class Config:
         False,
         "Compress the weights to int8 when exporting a Hugging Face checkpoint to OpenVINO (openvino).",
         env=("VLLM_OPENVINO_ENABLE_QUANTIZED_WEIGHTS",),
+    )
+    prompt_lookup: bool = option(
+        False,
+        "Speculative decoding by prompt lookup (openvino): each step drafts the tokens that followed the first "
+        "earlier occurrence of the text's latest n-gram (in the prompt or the output), and the model checks them "
+        "all in one pass; greedy output is unchanged. Faster where answers copy the prompt (edits, quotes); OpenVINO "
+        "then refuses n > 1 (a 400). vLLM's CPU backend has no speculative decoding (vllm issue 28384): hw_mode cpu "
+        "refuses the option at startup.",
+        env=("ENGINE_SERVER_PROMPT_LOOKUP",),
+    )
+    num_speculative_tokens: int = option(
+        DEFAULT_NUM_SPECULATIVE_TOKENS,
+        "With --prompt-lookup: most draft tokens per step (OpenVINO's num_assistant_tokens); a request may ask for "
+        "fewer or more with its own num_speculative_tokens.",
+        env=("ENGINE_SERVER_NUM_SPECULATIVE_TOKENS",),
+    )
+    prompt_lookup_max_ngram: int = option(
+        DEFAULT_PROMPT_LOOKUP_MAX_NGRAM,
+        "With --prompt-lookup: the longest n-gram looked up (OpenVINO's max_ngram_size); shorter ones are tried "
+        "after it, down to 1; per request: prompt_lookup_max_ngram.",
+        env=("ENGINE_SERVER_PROMPT_LOOKUP_MAX_NGRAM",),
     )
     block_size: int | None = option(
         None, "KV-cache block size in tokens (default: the backend's; 128 on Gaudi).", env=("BLOCK_SIZE",)
@@ -312,6 +336,14 @@ class Config:
         check(
             self.reasoning_parser in REASONING_PARSERS,
             f"reasoning_parser must be one of {', '.join(REASONING_PARSERS)}; got {self.reasoning_parser!r}",
+        )
+        check(
+            1 <= self.num_speculative_tokens <= MAX_SPECULATIVE_TOKENS,
+            f"num_speculative_tokens must be 1..{MAX_SPECULATIVE_TOKENS}, got {self.num_speculative_tokens}",
+        )
+        check(
+            self.prompt_lookup_max_ngram >= 1,
+            f"prompt_lookup_max_ngram must be a positive integer, got {self.prompt_lookup_max_ngram}",
         )
         check(self.responses_store_size >= 0, "responses_store_size must be 0 or more")
         check(self.responses_store_ttl > 0, "responses_store_ttl must be a positive number of seconds")

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from backends.base import EngineStats
+from backends.base import EngineStats, SpecDecodeStats
 
 LABELS = ("model_name", "engine")
 # vLLM labels each engine core of a data-parallel server by its index; this server runs one.
@@ -108,6 +108,25 @@ class _EngineFigures(Collector):
             yield self._counter(
                 "vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache.", s.prefix_cache_hits
             )
+        if s.spec_decode is not None:
+            yield from self._spec_decode(s.spec_decode)
+
+    def _spec_decode(self, d: SpecDecodeStats) -> Iterator[Metric]:
+        yield self._counter(
+            "vllm:spec_decode_num_drafts", "Steps of a sequence that checked draft tokens.", d.num_drafts
+        )
+        yield self._counter("vllm:spec_decode_num_draft_tokens", "Draft tokens checked.", d.num_draft_tokens)
+        yield self._counter(
+            "vllm:spec_decode_num_accepted_tokens", "Draft tokens the model accepted.", d.num_accepted_tokens
+        )
+        per_position = CounterMetricFamily(
+            "vllm:spec_decode_num_accepted_tokens_per_pos",
+            "Draft tokens accepted, by their position in the draft.",
+            labels=[*LABELS, "position"],
+        )
+        for position, value in enumerate(d.accepted_per_position):
+            per_position.add_metric([*self._labels, str(position)], value)
+        yield per_position
 
     def _gauge(self, name: str, documentation: str, value: float) -> GaugeMetricFamily:
         family = GaugeMetricFamily(name, documentation, labels=LABELS)

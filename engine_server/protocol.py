@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from engine_server.config import MAX_SPECULATIVE_TOKENS
+
 ROLES = ("system", "user", "assistant", "tool", "developer")
 MAX_N = 16
 MAX_TOP_LOGPROBS = 20
@@ -133,6 +135,9 @@ class SamplingFields(Strict):
     ignore_eos: bool = False
     min_tokens: Annotated[int, Field(ge=0)] = 0
     skip_special_tokens: bool = True
+    # Speculative decoding for this request (vLLM-style extra fields; openvino with --prompt-lookup only).
+    num_speculative_tokens: Annotated[int, Field(ge=0, le=MAX_SPECULATIVE_TOKENS)] | None = None
+    prompt_lookup_max_ngram: PositiveInt | None = None
     response_format: ResponseFormat | None = None
     stream: bool | None = None
     streaming: bool | None = None  # OPEA alias of stream

@@ -202,6 +202,8 @@ class Serving:
             ignore_eos=req.ignore_eos,
             min_tokens=req.min_tokens,
             skip_special_tokens=req.skip_special_tokens,
+            num_speculative_tokens=req.num_speculative_tokens,
+            prompt_lookup_max_ngram=req.prompt_lookup_max_ngram,
             **structured,
         )
 

@@ -6,6 +6,7 @@ import pytest
 
 from backends.base import InvalidRequestError, SamplingOptions
 from backends.openvino_sampling import check_supported, openvino_message
+from backends.openvino_speculation import PromptLookup
 
 GREEDY = {"max_tokens": 4, "temperature": 0.0}
 
@@ -48,3 +49,15 @@ def test_openvino_messages_keep_the_sentence_and_drop_the_source_location() -> N
         "When 'do_sample' is true, min_p must be in [0.0, 1.0), but got 1\n"
     )
     assert openvino_message(RuntimeError(raw)) == "When 'do_sample' is true, min_p must be in [0.0, 1.0), but got 1"
+
+
+def test_speculative_fields_need_a_prompt_lookup_pipeline_and_one_sequence() -> None:
+    lookup = PromptLookup(num_speculative_tokens=5, max_ngram=3)
+    check_supported(SamplingOptions(4, num_speculative_tokens=2, prompt_lookup_max_ngram=1), 2048, lookup)
+    check_supported(SamplingOptions(4, num_speculative_tokens=0), 2048)  # none asked, none run
+    with pytest.raises(InvalidRequestError, match="start it with --prompt-lookup"):
+        check_supported(SamplingOptions(4, num_speculative_tokens=2), 2048)
+    with pytest.raises(InvalidRequestError, match="without drafts"):
+        check_supported(SamplingOptions(4, num_speculative_tokens=0), 2048, lookup)
+    with pytest.raises(InvalidRequestError, match="n must be 1"):
+        check_supported(SamplingOptions(4, n=2), 2048, lookup)

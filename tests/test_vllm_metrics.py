@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from backends.base import EngineStats
+from backends.base import EngineStats, SpecDecodeStats
 from engine_server.metrics import Metrics
 from tests.conftest import LiveServer
 
@@ -89,6 +89,19 @@ def test_cache_layout_only_once_known_and_prefix_cache_only_where_counted() -> N
     assert "vllm:cache_config_info" not in fams
     assert not PREFIX_CACHE.keys() & fams.keys()
     assert value(fams, "vllm:kv_cache_usage_perc") == 0.5
+
+
+def test_spec_decode_counters_only_where_the_engine_speculates() -> None:
+    assert not any(name.startswith("vllm:spec_decode") for name in metrics_with(vllm_like)[1]())
+    spec = SpecDecodeStats(num_drafts=3, num_draft_tokens=12, num_accepted_tokens=7, accepted_per_position=(3, 2, 2))
+    _, scrape = metrics_with(lambda: EngineStats(1, 0, spec_decode=spec))
+    fams = scrape()
+    assert value(fams, "vllm:spec_decode_num_drafts", "_total") == 3
+    assert value(fams, "vllm:spec_decode_num_draft_tokens", "_total") == 12
+    assert value(fams, "vllm:spec_decode_num_accepted_tokens", "_total") == 7
+    per_pos = "vllm:spec_decode_num_accepted_tokens_per_pos"
+    assert [value(fams, per_pos, "_total", position=str(p)) for p in range(3)] == [3, 2, 2]
+    assert fams[per_pos].type == "counter"
 
 
 def test_usage_moves_our_token_counters_and_vllms() -> None:
