@@ -58,12 +58,12 @@ class ChatMessage(Strict):
     annotations: list[Any] | None = None
     audio: None = None
     function_call: None = None
-
-
     # An assistant turn's reasoning as this server (vLLM, DeepSeek: reasoning_content; llama-server: reasoning)
     # returned it; templates that render earlier reasoning (Qwen3's) read reasoning_content.
     reasoning_content: str | None = None
     reasoning: str | None = None
+
+
 class JsonSchemaFormat(Strict):
     name: str = "response"
     description: str | None = None
