@@ -240,11 +240,13 @@ def finish(turn: Turn, response: dict[str, Any], message: dict[str, Any], store:
         store.put(response, [*turn.messages, assistant])
 
 
-def _usage(usage: dict[str, int]) -> dict[str, Any]:
-    # The engines report no prefix-cache hits per request: nothing read from or written to a prompt cache is counted.
+def _usage(usage: dict[str, Any]) -> dict[str, Any]:
+    # Prompt tokens served from the prefix cache, where the engine reports them (vLLM does, OpenVINO GenAI does not);
+    # nothing is written to a prompt cache on request, so cache_write_tokens is 0.
+    cached = usage.get("prompt_tokens_details", {}).get("cached_tokens", 0)
     return {
         "input_tokens": usage["prompt_tokens"],
-        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
         "output_tokens": usage["completion_tokens"],
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": usage["total_tokens"],

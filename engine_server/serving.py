@@ -274,13 +274,13 @@ class Serving:
                     choice.logprobs = (choice.logprobs or []) + d.logprobs
                 choice.finish_reason = d.finish_reason or choice.finish_reason
                 choice.stop_sequence = d.stop_sequence or choice.stop_sequence
-        known = [c for c in cached if c is not None]
-        return Collected(choices, sum(num_prompt), sum(known) if known else None)
+        return Collected(choices, sum(num_prompt), _total(cached))
 
     async def complete(self, prepared: Prepared) -> dict[str, Any]:
         collected = await self.collect(prepared)
         choices = collected.choices
-        usage = self.usage(collected.num_prompt_tokens, sum(c.num_tokens for c in choices))
+        num_output = sum(c.num_tokens for c in choices)
+        usage = self.usage(collected.num_prompt_tokens, num_output, collected.num_cached_tokens)
         if prepared.kind == "chat":
             return {
                 "id": prepared.id,
@@ -335,12 +335,14 @@ class Serving:
         # as the JSON before and after the text, so that only the text is encoded per token.
         plain: dict[int, tuple[str, str] | None] = {}
         num_prompt = [0] * len(prepared.requests)
+        cached: list[int | None] = [None] * len(prepared.requests)
         num_output = 0
         shapers: dict[int, ChoiceTools] | None = {} if chat and prepared.tools is not None else None
         splitters: dict[int, ThinkSplitter] | None = {} if prepared.think is not None else None
         reasoning_chunks: dict[int, list[str] | None] = {}
         async for i, step in self.steps(prepared):
             num_prompt[i] = step.num_prompt_tokens
+            cached[i] = step.num_cached_tokens if step.num_cached_tokens is not None else cached[i]
             for d in step.deltas:
                 index = i * prepared.n + d.index
                 num_output += d.num_tokens
@@ -389,14 +391,28 @@ class Serving:
                 else:
                     choice = stream_choice(False, index, d.text, text_logprobs(d.logprobs, offset), d.finish_reason)
                 yield encode({**head, "choices": [choice]})
-        usage = self.usage(sum(num_prompt), num_output)
+        usage = self.usage(sum(num_prompt), num_output, _total(cached))
         if prepared.include_usage:
             yield encode({**head, "choices": [], "usage": usage})
 
-    def usage(self, num_prompt: int, num_output: int) -> dict[str, int]:
-        """The usage of a finished request, counted in the metrics."""
+    def usage(self, num_prompt: int, num_output: int, num_cached: int | None = None) -> dict[str, Any]:
+        """The usage of a finished request, counted in the metrics; with the prompt tokens the prefix cache served
+        where the engine reports them."""
         self.metrics.record_usage(num_prompt, num_output)
-        return {"prompt_tokens": num_prompt, "completion_tokens": num_output, "total_tokens": num_prompt + num_output}
+        usage: dict[str, Any] = {
+            "prompt_tokens": num_prompt,
+            "completion_tokens": num_output,
+            "total_tokens": num_prompt + num_output,
+        }
+        if num_cached is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": num_cached}
+        return usage
+
+
+def _total(counts: list[int | None]) -> int | None:
+    """The sum of the counts the engine reported; None when it reported none."""
+    known = [c for c in counts if c is not None]
+    return sum(known) if known else None
 
 
 def _or(value: Any, default: Any) -> Any:

@@ -244,3 +244,29 @@ def test_client_timeout_on_non_streaming_request_frees_the_engine(server: LiveSe
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=httpx.Timeout(30, read=0.5))
     assert_engine_idle_within(server, freeing_deadline)
+
+
+def test_cached_prompt_tokens_in_usage(client: openai.OpenAI, server: LiveServer) -> None:
+    """A repeated prompt is served from the prefix cache, and usage says how much of it, where the engine reports
+    it (vLLM per request; OpenVINO GenAI does not, so there the field is absent rather than a made-up 0)."""
+    messages = [{"role": "user", "content": "The capital of Italy is Rome. " * 80}]
+    client.chat.completions.create(model="tiny", messages=messages, max_tokens=1)  # type: ignore[arg-type]
+    again = client.chat.completions.create(model="tiny", messages=messages, max_tokens=1)  # type: ignore[arg-type]
+    streamed = client.chat.completions.create(
+        model="tiny",
+        messages=messages,  # type: ignore[arg-type]
+        max_tokens=1,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    stream_usage = [chunk.usage for chunk in streamed if chunk.usage is not None][-1]
+    response = client.responses.create(model="tiny", input=messages[0]["content"], max_output_tokens=1)
+    assert again.usage is not None and again.usage.prompt_tokens > 500 and response.usage is not None
+    if server.backend == "cpu":
+        for usage in (again.usage, stream_usage):
+            assert usage.prompt_tokens_details is not None
+            assert 256 <= (usage.prompt_tokens_details.cached_tokens or 0) < usage.prompt_tokens
+        assert response.usage.input_tokens_details.cached_tokens >= 256
+    else:
+        assert again.usage.prompt_tokens_details is None and stream_usage.prompt_tokens_details is None
+        assert response.usage.input_tokens_details.cached_tokens == 0
