@@ -20,7 +20,9 @@ from starlette.types import Receive, Scope, Send
 
 from backends.base import Engine, EngineError
 from engine_server import __version__, anthropic, responses
+from engine_server.chat_stream import chat_chunks
 from engine_server.config import Config
+from engine_server.deltas import pieces
 from engine_server.errors import (
     APIError,
     BadRequest,
@@ -181,13 +183,13 @@ def create_app(config: Config, engine: Engine | None = None, on_fatal: Callable[
 
     def openai_surface(serving: Serving, turn: Turn | None = None) -> Surface:
         if turn is None:
-            return Surface(serving.chunks, serving.complete, error_response)
+            return Surface(partial(chat_chunks, serving), serving.complete, error_response)
 
         async def complete(prepared: Prepared) -> dict[str, Any]:
             return responses.from_completion(turn, await serving.complete(prepared), store)
 
         def events(prepared: Prepared) -> AsyncGenerator[str, None]:
-            return response_events(turn, serving.chunks(prepared), store)
+            return response_events(turn, pieces(serving, prepared), store)
 
         return Surface(events, complete, error_response, named_frame, b"")
 

@@ -1,4 +1,4 @@
-"""Streamed responses: the chat chunks of a Responses request as the API's event sequence.
+"""Streamed responses: the output pieces of a Responses request (engine_server.deltas) as the API's events.
 
 response.created, response.in_progress; per output item: output_item.added, then for reasoning
 reasoning_summary_part.added, content_part.added, (reasoning_summary_text.delta, reasoning_text.delta)...,
@@ -19,6 +19,7 @@ import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from engine_server.deltas import CallArguments, CallStart, Finished, Piece, Reasoning, Text
 from engine_server.responses import ResponseStore, Turn, finish, message_item, reasoning_item, response_object
 from engine_server.responses_tools import Offered, call_item, custom_input
 from engine_server.streaming import encode, frame
@@ -140,46 +141,44 @@ class _Events:
 
 
 async def response_events(
-    turn: Turn, chunks: AsyncGenerator[str, None], store: ResponseStore
+    turn: Turn, output: AsyncGenerator[Piece, None], store: ResponseStore
 ) -> AsyncGenerator[str, None]:
-    """The events of one streamed response, from the chat chunks of its request (n = 1, usage included)."""
+    """The events of one streamed response, from the output pieces of its request."""
     events = _Events(turn.tools, turn.request.include)
     started = response_object(turn, [], "in_progress", None)
     yield events.event("response.created", response=started)
     yield events.event("response.in_progress", response=started)
-    usage: dict[str, int] | None = None
-    finish_reason = None
+    finished: Finished | None = None
     try:
-        async for raw in chunks:
-            chunk = json.loads(raw)
-            usage = chunk.get("usage") or usage
-            for choice in chunk["choices"]:
-                finish_reason = choice.get("finish_reason") or finish_reason
-                for event in _choice_events(events, choice["delta"]):
-                    yield event
+        async for piece in output:
+            if isinstance(piece, Finished):
+                finished = piece
+            for event in _piece_events(events, piece):
+                yield event
     finally:
-        await chunks.aclose()  # a client gone mid-stream: the engine request is aborted now, not when collected
+        await output.aclose()  # a client gone mid-stream: the engine request is aborted now, not when collected
     if events.item is None and not events.output:
         for event in events.text(""):
             yield event
     for event in events.close():
         yield event
-    status = "incomplete" if finish_reason == "length" else "completed"
-    final = response_object(turn, events.output, status, usage)
+    assert finished is not None  # the pieces always end with it
+    status = "incomplete" if finished.finish_reason == "length" else "completed"
+    final = response_object(turn, events.output, status, finished.usage)
     finish(turn, final, _message(events.output), store)
     yield events.event(f"response.{status}", response=final)
 
 
-def _choice_events(events: _Events, delta: dict[str, Any]) -> list[str]:
-    out: list[str] = events.reasoning(delta["reasoning_content"]) if delta.get("reasoning_content") else []
-    if delta.get("content"):
-        out += events.text(delta["content"])
-    for call in delta.get("tool_calls") or []:
-        if "id" in call:
-            out += events.call(call["id"], call["function"]["name"])
-        if call["function"].get("arguments"):
-            out += events.more_arguments(call["function"]["arguments"])
-    return out
+def _piece_events(events: _Events, piece: Piece) -> list[str]:
+    if isinstance(piece, Reasoning):
+        return events.reasoning(piece.text)
+    if isinstance(piece, Text):
+        return events.text(piece.text)
+    if isinstance(piece, CallStart):
+        return events.call(piece.call_id, piece.name)
+    if isinstance(piece, CallArguments):
+        return events.more_arguments(piece.text)
+    return []  # Started, Finished: told by response.created and response.completed
 
 
 def _message(output: list[dict[str, Any]]) -> dict[str, Any]:

@@ -12,10 +12,9 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from engine_server.anthropic.translate import content_blocks, message, stop_reason, tool_use_id, usage
-from engine_server.reasoning import ThinkSplitter
+from engine_server.deltas import CallArguments, CallStart, Finished, Piece, Reasoning, Started, Text, pieces
 from engine_server.serving import Prepared, Serving
 from engine_server.streaming import encode
-from engine_server.tools import ChoiceTools
 
 
 async def complete_message(serving: Serving, prepared: Prepared) -> dict[str, Any]:
@@ -72,60 +71,36 @@ class _Blocks:
 
 async def message_events(serving: Serving, prepared: Prepared) -> AsyncGenerator[str, None]:
     """The events of one streamed message (one prompt, one choice)."""
-    steps = serving.steps(prepared)
     blocks = _Blocks()
-    shaper = ChoiceTools(prepared.tools) if prepared.tools is not None else None
-    splitter = ThinkSplitter(prepared.think) if prepared.think is not None else None
-    num_output = 0
-    finish: str | None = None
-    stop: str | None = None
-    started = False
+    output = pieces(serving, prepared)
     try:
-        async for _, step in steps:
-            if not started:
-                started = True
-                use = usage(step.num_prompt_tokens, step.num_cached_tokens, 0)
+        async for piece in output:
+            if isinstance(piece, Started):
+                use = usage(piece.num_prompt_tokens, piece.num_cached_tokens, 0)
                 yield encode({"type": "message_start", "message": message(prepared.model, [], None, None, use)})
                 yield encode({"type": "ping"})
-            for d in step.deltas:
-                num_output += d.num_tokens
-                finish = d.finish_reason or finish
-                stop = d.stop_sequence or stop
-                text = d.text
-                if splitter is not None:
-                    reasoning, text = splitter.feed(text, final=d.finish_reason is not None)
-                    for event in blocks.thinking(reasoning) if reasoning else []:
-                        yield event
-                if shaper is None:
-                    for event in blocks.text(text) if text else []:
-                        yield event
-                    continue
-                deltas = shaper.feed(text) + (shaper.finish() if d.finish_reason is not None else [])
-                for delta in deltas:
-                    for event in _chat_delta_events(blocks, delta):
-                        yield event
+                continue
+            if isinstance(piece, Finished):
+                for event in blocks.close():
+                    yield event
+                reason = stop_reason(piece.finish_reason, piece.stop_sequence, piece.num_calls > 0)
+                delta = {"stop_reason": reason, "stop_sequence": piece.stop_sequence}
+                num_output = piece.usage["completion_tokens"]
+                yield encode({"type": "message_delta", "delta": delta, "usage": {"output_tokens": num_output}})
+                yield encode({"type": "message_stop"})
+                continue
+            for event in _block_events(blocks, piece):
+                yield event
     finally:
-        await steps.aclose()  # a client gone mid-stream: the engine request is aborted now
-    for event in blocks.close():
-        yield event
-    serving.usage(prompt_tokens(prepared), num_output)
-    delta = {"stop_reason": stop_reason(finish, stop, blocks.num_calls > 0), "stop_sequence": stop}
-    yield encode({"type": "message_delta", "delta": delta, "usage": {"output_tokens": num_output}})
-    yield encode({"type": "message_stop"})
+        await output.aclose()
 
 
-def prompt_tokens(prepared: Prepared) -> int:
-    return sum(len(r.prompt_token_ids) for r in prepared.requests)
-
-
-def _chat_delta_events(blocks: _Blocks, delta: dict[str, Any]) -> list[str]:
-    """A chat delta of the tool reader (content, or a call's start or argument piece) as block events."""
-    events: list[str] = []
-    if delta.get("content"):
-        events += blocks.text(delta["content"])
-    for call in delta.get("tool_calls") or []:
-        if "id" in call:
-            events += blocks.call(call["function"]["name"])
-        if call["function"].get("arguments"):
-            events += blocks.arguments_delta(call["function"]["arguments"])
-    return events
+def _block_events(blocks: _Blocks, piece: Piece) -> list[str]:
+    if isinstance(piece, Reasoning):
+        return blocks.thinking(piece.text)
+    if isinstance(piece, Text):
+        return blocks.text(piece.text)
+    if isinstance(piece, CallStart):
+        return blocks.call(piece.name)
+    assert isinstance(piece, CallArguments)
+    return blocks.arguments_delta(piece.text)
