@@ -11,16 +11,8 @@ import jsonschema
 import pytest
 
 from tests.conftest import LiveServer
+from tests.test_responses import WEATHER
 
-WEATHER = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "enum": ["Paris", "Rome"]},
-        "days": {"type": "integer", "minimum": 1, "maximum": 7},
-    },
-    "required": ["city", "days"],
-    "additionalProperties": False,
-}
 TOOL = {"name": "get_weather", "description": "Weather for a city.", "input_schema": WEATHER}
 GREEDY = {"temperature": 0}  # the SDK dropped sampling parameters; the API still takes them
 HELLO: list[Any] = [{"role": "user", "content": "Say hello."}]
