@@ -103,14 +103,18 @@ def model_dir(cache_dir: Path, name: str = DEFAULT_MODEL, fmt: str = "hf") -> Pa
 
 def is_prepared(cache_dir: Path, name: str = DEFAULT_MODEL, fmt: str = "hf") -> bool:
     """True only for a complete build of this version: its marker is present and every listed file has its size."""
-    path = model_dir(cache_dir, name, fmt)
+    return has_marker(model_dir(cache_dir, name, fmt), version=_model(name).version, format=fmt)
+
+
+def has_marker(path: Path, **identity: object) -> bool:
+    """True when path's marker says it is the build of identity and every file it lists has its size."""
     try:
         marker = json.loads((path / MARKER).read_text())
         files = marker["files"]
-        if (marker["version"], marker["format"]) != (_model(name).version, fmt) or not files:
+        if any(marker.get(key) != value for key, value in identity.items()) or not files:
             return False
         return all((path / name).stat().st_size == meta["size"] for name, meta in files.items())
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
 
 
@@ -121,8 +125,8 @@ def prepare(cache_dir: Path, name: str = DEFAULT_MODEL, fmt: str = "hf", progres
 
     def fill(build: Path) -> None:
         report(f"preparing the built-in model {name} ({fmt}) in {final}")
-        _BUILDERS[fmt](_model(name), build, _Steps(report))
-        _write_marker(build, name, fmt)
+        _BUILDERS[fmt](_model(name), build, Steps(report))
+        write_marker(build, model=name, format=fmt, version=_model(name).version)
 
     took = build_once(final, lambda: is_prepared(cache_dir, name, fmt), fill, report, f"preparing {name}")
     if took is not None:
@@ -141,7 +145,7 @@ def _check_format(fmt: str) -> None:
         raise ValueError(f"unknown model format {fmt!r} for the built-in models; known: {', '.join(_BUILDERS)}")
 
 
-class _Steps:
+class Steps:
     """Reports each step's start and its duration, so a first start that takes minutes says why."""
 
     def __init__(self, report: Progress) -> None:
@@ -155,7 +159,7 @@ class _Steps:
         self.report(f"{what}: done in {time.monotonic() - started:.1f} s")
 
 
-def _build_hf(model: BuiltinModel, out: Path, step: _Steps) -> None:
+def _build_hf(model: BuiltinModel, out: Path, step: Steps) -> None:
     # Checked up front: transformers only says accelerate is missing after a minute of tokenizer conversion.
     missing = [name for name in model.needs if importlib.util.find_spec(name) is None]
     if missing:
@@ -176,7 +180,8 @@ def _build_hf(model: BuiltinModel, out: Path, step: _Steps) -> None:
             raise PrepareError(f"no safetensors weights were written to {out}")
 
 
-def _write_marker(build: Path, name: str, fmt: str) -> None:
+def write_marker(build: Path, **identity: object) -> None:
+    """The marker, written last: what was built (identity) and each file's size and sha256."""
     files = {}
     for path in sorted(p for p in build.rglob("*") if p.is_file()):
         digest = hashlib.sha256()
@@ -186,7 +191,7 @@ def _write_marker(build: Path, name: str, fmt: str) -> None:
             os.fsync(f.fileno())  # the data must be on disk before the marker claims it is complete
         path.chmod(0o644)  # save_pretrained writes the weights owner-only
         files[str(path.relative_to(build))] = {"size": path.stat().st_size, "sha256": digest.hexdigest()}
-    marker = {"model": name, "format": fmt, "version": _model(name).version, "files": files}
+    marker = {**identity, "files": files}
     with (build / MARKER).open("w") as f:
         json.dump(marker, f, indent=2)
         f.flush()
@@ -194,4 +199,4 @@ def _write_marker(build: Path, name: str, fmt: str) -> None:
 
 
 # One builder per format; the openvino backend exports the "hf" checkpoint itself (engine_server/openvino_export.py).
-_BUILDERS: dict[str, Callable[[BuiltinModel, Path, _Steps], None]] = {"hf": _build_hf}
+_BUILDERS: dict[str, Callable[[BuiltinModel, Path, Steps], None]] = {"hf": _build_hf}

@@ -1,4 +1,5 @@
-"""Where the weights come from: a built-in model (prepared offline), a local directory, or the Hugging Face hub."""
+"""Where the weights come from: a built-in model (prepared offline), a GGUF file (prepared once), a local directory,
+or the Hugging Face hub."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from engine_server import builtin_models
+from engine_server import builtin_models, gguf_model
 from engine_server.config import Config
 
 logger = logging.getLogger("engine_server.models")
@@ -26,6 +27,12 @@ def resolve(config: Config, fmt: str = "hf") -> str:
         except (ValueError, builtin_models.PrepareError) as exc:
             raise ModelUnavailableError(str(exc)) from exc
     model = str(config.model)  # set: without a model the default built-in one is served
+    try:
+        gguf = gguf_model.find(model)
+        if gguf is not None:
+            return str(gguf_model.prepare(config.cache_dir, gguf, progress=logger.info))
+    except builtin_models.PrepareError as exc:
+        raise ModelUnavailableError(str(exc)) from exc
     path = Path(model).expanduser()
     if path.exists():
         return str(path)
@@ -69,8 +76,12 @@ def openvino_refusal(config: Config) -> str | None:
 
 
 def _preferred_weights(config: Config) -> str:
+    """A built-in model's measured fastest; a GGUF's own precision (4-bit: int4, 8-bit: int8, f16, f32); else fp16."""
     name = config.builtin_model
-    return builtin_models.MODELS[name].openvino_weights if name is not None else "fp16"
+    if name is not None:
+        return builtin_models.MODELS[name].openvino_weights
+    gguf = gguf_model.find(str(config.model))
+    return gguf_model.openvino_weights(gguf) if gguf is not None else "fp16"
 
 
 def _from_hub(repo_id: str, token: str | None) -> str:

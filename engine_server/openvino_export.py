@@ -35,7 +35,7 @@ MARKER = "engine-server-export.json"
 IR_FILE = "openvino_model.xml"
 # ContinuousBatchingPipeline needs the tokenizer as OpenVINO models too: for stop strings and structured output.
 REQUIRED = (IR_FILE, "openvino_model.bin", "openvino_tokenizer.xml", "openvino_detokenizer.xml", "config.json")
-WEIGHT_FORMATS = ("fp32", "fp16", "int8")
+WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4")
 
 
 class ExportError(RuntimeError):
@@ -44,7 +44,8 @@ class ExportError(RuntimeError):
 
 @dataclass(frozen=True)
 class ExportSettings:
-    weight_format: str = "fp16"  # fp32, fp16 or int8 (the seed's VLLM_OPENVINO_ENABLE_QUANTIZED_WEIGHTS=ON)
+    # fp32, fp16, int8 (the seed's VLLM_OPENVINO_ENABLE_QUANTIZED_WEIGHTS=ON) or int4 (a 4-bit GGUF's)
+    weight_format: str = "fp16"
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
