@@ -61,6 +61,8 @@ def test_local_model_is_named_by_its_directory(tmp_path: Path) -> None:
         ([], {"ENFORCE_EAGER": "maybe"}, "--enforce-eager: cannot read 'maybe'"),
         (["--model", ""], {}, "model must not be empty"),
         ([], {"ENGINE_SERVER_MAX_PARALLEL_TOOL_CALLS": "0"}, "max_parallel_tool_calls must be a positive integer"),
+        (["--num-speculative-tokens", "0"], {}, "num_speculative_tokens must be 1..32"),
+        ([], {"ENGINE_SERVER_PROMPT_LOOKUP_MAX_NGRAM": "0"}, "prompt_lookup_max_ngram must be a positive integer"),
     ],
 )
 def test_invalid_settings_are_refused_with_a_clear_message(argv: list[str], env: dict[str, str], message: str) -> None:
