@@ -126,7 +126,7 @@ class Config:
         "earlier occurrence of the text's latest n-gram (in the prompt or the output), and the model checks them "
         "all in one pass. Greedy output is the same up to numerics (exactly with an f16 KV cache and unquantized "
         "weights; with u8 KV or int8 weights a near-tie can go the other way). OpenVINO then refuses n > 1 (a 400). "
-        "Off by default: on SmolLM2 (2 cores) an edit ran 1.5-1.9x faster but sampled text 0.57-0.93x "
+        "Off by default: on SmolLM2 (2 cores) an edit ran 1.4-1.9x faster but sampled text 0.51-0.93x "
         "(docs/openvino.md). vLLM's CPU backend has no speculative decoding (vllm issue 28384): hw_mode cpu "
         "refuses the option at startup.",
         env=("ENGINE_SERVER_PROMPT_LOOKUP",),
