@@ -1,4 +1,4 @@
-"""From a validated request to engine requests, and from engine outputs to whole OpenAI responses (chat_stream streams them)."""
+"""From a validated request to engine requests, and from engine outputs to whole OpenAI responses."""
 
 from __future__ import annotations
 
