@@ -137,6 +137,9 @@ def _run_optimum(source: Path, out: Path, settings: ExportSettings, report: Prog
         )
     cmd = [sys.executable, "-m", "optimum.commands.optimum_cli", "export", "openvino", "--model", str(source)]
     cmd += ["--task", "text-generation-with-past", "--weight-format", settings.weight_format]
+    if settings.weight_format == "int4":
+        # Groups of 128 by default; a dimension they do not divide (SmolLM2's 576) takes the largest that does.
+        cmd += ["--group-size-fallback", "adjust"]
     if settings.trust_remote_code:
         cmd.append("--trust-remote-code")
     cmd.append(str(out))
