@@ -25,7 +25,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from backends.base import (
     CompletionDelta,
@@ -41,12 +41,9 @@ from backends.base import (
 from backends.openvino_cache import KvCacheReport, engine_stats, kv_cache_report
 from backends.openvino_request import OpenVinoRequest, merge_outputs
 from backends.openvino_sampling import check_supported, generation_config, openvino_message, request_prompt_lookup
-from backends.openvino_settings import PipelineSettings, settings_from_config
+from backends.openvino_settings import PipelineSettings
 from backends.openvino_speculation import SequenceSpeculation, SpecDecodeCounts
 from backends.tokenizer import HfTokenizerMixin
-
-if TYPE_CHECKING:
-    from engine_server.config import Config
 
 logger = logging.getLogger("engine_server.openvino")
 
@@ -61,8 +58,8 @@ SWITCH_INTERVAL_S = 0.0005
 WAIT_FOR_LOOP_FROM = 4
 
 
-def create_engine(config: Config, resolve_model: ModelResolver) -> OpenVinoEngine:
-    return OpenVinoEngine(settings_from_config(config), partial(resolve_model, "openvino"))
+def create_engine(settings: PipelineSettings, resolve_model: ModelResolver) -> OpenVinoEngine:
+    return OpenVinoEngine(settings, partial(resolve_model, "openvino"))
 
 
 class OpenVinoEngine(HfTokenizerMixin):

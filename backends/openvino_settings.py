@@ -1,17 +1,16 @@
-"""OpenVINO: which pipeline settings the configuration turns into, and whether the backend can run here."""
+"""OpenVINO: which pipeline settings its settings turn into, whether the backend can run here, and its entry in the
+registry. The engine itself (backends.openvino) is imported only when one is created."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import backends
+from backends.base import Engine, ModelResolver
 from backends.openvino_speculation import PromptLookup
-
-if TYPE_CHECKING:
-    from engine_server.config import Config
+from backends.registry import Backend
 
 DEFAULT_KV_CACHE_GIB = 4  # as the cpu backend
 INFERENCE_PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}  # dtype "auto": auto_precision()
@@ -35,7 +34,27 @@ class PipelineSettings:
     prompt_lookup: PromptLookup | None = None  # None: no speculative decoding
 
 
-def settings_from_config(config: Config) -> PipelineSettings:
+@dataclass(frozen=True)
+class OpenVinoSettings:
+    """Named as the configuration's fields (backends.registry fills them)."""
+
+    device: str = "CPU"
+    kv_cache_space: float | None = None  # GiB, whole; None: DEFAULT_KV_CACHE_GIB
+    kv_cache_precision: str | None = None
+    dtype: str = "auto"
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool | None = None
+    max_num_batched_tokens: int | None = None
+    max_num_seqs: int | None = None
+    max_model_len: int | None = None
+    trust_remote_code: bool = False
+    prompt_lookup: bool = False
+    num_speculative_tokens: int = 5  # OpenVINO GenAI's prompt-lookup sample
+    prompt_lookup_max_ngram: int = 3
+    nnodes: int = 1
+
+
+def pipeline_settings(config: OpenVinoSettings) -> PipelineSettings:
     space = config.kv_cache_space if config.kv_cache_space is not None else DEFAULT_KV_CACHE_GIB
     return PipelineSettings(
         device=config.device,
@@ -70,11 +89,11 @@ def auto_precision(device: str, flags: frozenset[str] | None = None) -> str | No
     return "f32"
 
 
-def check_available(config: Config, dri: Path = Path("/dev/dri")) -> None:
+def check_available(config: OpenVinoSettings, dri: Path = Path("/dev/dri")) -> None:
     """Raise BackendUnavailableError naming what is missing, before anything heavy is imported."""
     from backends import BackendUnavailableError
 
-    if importlib.util.find_spec("openvino_genai") is None:
+    if not backends.has_module("openvino_genai"):
         raise BackendUnavailableError(
             f"hw_mode openvino needs OpenVINO GenAI, which this Python ({sys.executable}) does not have. "
             "Fix: run scripts/setup and start .venv-openvino/bin/engine-server, or use the openvino image."
@@ -89,3 +108,30 @@ def check_available(config: Config, dri: Path = Path("/dev/dri")) -> None:
             f"device {config.device} needs an Intel GPU, and {dri} has no render node. Fix: install the GPU driver; "
             "in a container pass --device /dev/dri --group-add render (docs/openvino.md)."
         )
+
+
+def unavailable(config: OpenVinoSettings) -> str | None:
+    """hw_mode auto's check."""
+    if config.nnodes > 1:
+        return "a model across hosts (nnodes > 1) runs on vLLM"
+    if not backends.has_module("openvino_genai"):
+        return "no OpenVINO GenAI in this Python"
+    return None
+
+
+def create_engine(config: OpenVinoSettings, resolve_model: ModelResolver) -> Engine:
+    check_available(config)
+    from backends import openvino
+
+    return openvino.create_engine(pipeline_settings(config), resolve_model)
+
+
+BACKEND = Backend(
+    name="openvino",
+    description="OpenVINO GenAI, the fastest engine on CPUs here",
+    auto_order=20,
+    formats=("openvino",),
+    settings=OpenVinoSettings,
+    unavailable=unavailable,
+    create=create_engine,
+)

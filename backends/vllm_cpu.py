@@ -1,17 +1,19 @@
-"""vLLM on CPU: which engine arguments and environment the configuration turns into."""
+"""vLLM on CPU: which engine arguments and environment its settings turn into, and its entry in the registry."""
 
 from __future__ import annotations
 
 import logging
+import sys
+from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import backends
 from backends import cpu_features
 from backends.base import ModelResolver
-from backends.vllm_engine import VllmEngine, shared_engine_args
-
-if TYPE_CHECKING:
-    from engine_server.config import Config
+from backends.registry import Backend
+from backends.vllm_args import VllmSettings, shared_engine_args
+from backends.vllm_engine import VllmEngine
 
 logger = logging.getLogger("engine_server.vllm")
 
@@ -20,6 +22,11 @@ DEFAULT_KV_CACHE_GIB = 4.0
 # eager backend: no C++ compiler needed). Plain eager mode skips the warm-up run that sizes the buffers in which a
 # stage receives the previous stage's activations, so its first request fails (vLLM 0.32).
 PIPELINE_EAGER = {"mode": 2, "backend": "eager"}
+
+
+@dataclass(frozen=True)
+class CpuSettings(VllmSettings):
+    kv_cache_space: float | None = None  # GiB; None: DEFAULT_KV_CACHE_GIB
 
 
 def resolve_dtype(dtype: str, native_bf16: bool, amx_refusal: str | None = None) -> str:
@@ -46,33 +53,62 @@ def resolve_dtype(dtype: str, native_bf16: bool, amx_refusal: str | None = None)
     return dtype
 
 
-def engine_args(config: Config, native_bf16: bool, amx_refusal: str | None = None) -> dict[str, Any]:
+def engine_args(s: CpuSettings, native_bf16: bool, amx_refusal: str | None = None) -> dict[str, Any]:
     from backends import BackendUnavailableError
 
-    dtype = resolve_dtype(config.dtype, native_bf16, amx_refusal)
-    if config.pipeline_parallel_size == 1:
-        return shared_engine_args(config, dtype=dtype, enforce_eager=config.enforce_eager is not False)
-    if config.enforce_eager:
+    dtype = resolve_dtype(s.dtype, native_bf16, amx_refusal)
+    if s.pipeline_parallel_size == 1:
+        return shared_engine_args(s, dtype=dtype, enforce_eager=s.enforce_eager is not False)
+    if s.enforce_eager:
         raise BackendUnavailableError(
             "enforce_eager cannot run pipeline parallelism on vLLM CPU: eager mode skips the warm-up that sets up "
             "the hand-over between stages. Leave it unset (stages then run eagerly after one Dynamo trace) or use "
             "--no-enforce-eager (compiled, needs a C++ compiler)."
         )
-    if config.enforce_eager is False:
-        return shared_engine_args(config, dtype=dtype, enforce_eager=False)
-    return shared_engine_args(config, dtype=dtype, enforce_eager=False, compilation_config=PIPELINE_EAGER)
+    if s.enforce_eager is False:
+        return shared_engine_args(s, dtype=dtype, enforce_eager=False)
+    return shared_engine_args(s, dtype=dtype, enforce_eager=False, compilation_config=PIPELINE_EAGER)
 
 
-def engine_env(config: Config) -> dict[str, str]:
-    space = config.kv_cache_space if config.kv_cache_space is not None else DEFAULT_KV_CACHE_GIB
+def engine_env(s: CpuSettings) -> dict[str, str]:
+    space = s.kv_cache_space if s.kv_cache_space is not None else DEFAULT_KV_CACHE_GIB
     return cpu_features.allow_vllm_plugin({"VLLM_CPU_KVCACHE_SPACE": f"{space:g}"})
 
 
-def create_engine(config: Config, resolve_model: ModelResolver) -> VllmEngine:
+def create_engine(s: CpuSettings, resolve_model: ModelResolver) -> VllmEngine:
     flags = cpu_features.cpu_flags()
     return VllmEngine(
         backend="cpu",
         resolve_model=partial(resolve_model, "hf"),
-        engine_args=engine_args(config, cpu_features.has_native_bf16(flags), cpu_features.amx_refusal()),
-        env=engine_env(config),
+        engine_args=engine_args(s, cpu_features.has_native_bf16(flags), cpu_features.amx_refusal()),
+        env=engine_env(s),
     )
+
+
+def run_headless(s: CpuSettings, resolve_model: ModelResolver) -> int:
+    from backends import vllm_headless
+
+    flags = cpu_features.cpu_flags()
+    args = engine_args(s, cpu_features.has_native_bf16(flags), cpu_features.amx_refusal())
+    return vllm_headless.run(partial(resolve_model, "hf"), args, engine_env(s))
+
+
+def unavailable(s: CpuSettings) -> str | None:
+    if backends.has_module("vllm"):
+        return None
+    return (
+        f"this Python ({sys.executable}) has no vLLM; the vLLM environment serves it: "
+        ".venv/bin/engine-server --hw-mode cpu (the two engines need other transformers versions)"
+    )
+
+
+BACKEND = Backend(
+    name="cpu",
+    description="vLLM CPU",
+    auto_order=30,
+    formats=("hf",),
+    settings=CpuSettings,
+    unavailable=unavailable,
+    create=create_engine,
+    run_headless=run_headless,
+)

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from backends import vllm_nodes
 from backends.base import (
@@ -25,71 +25,9 @@ from backends.base import (
     TokenLogprob,
 )
 from backends.tokenizer import HfTokenizerMixin
-
-if TYPE_CHECKING:
-    from engine_server.config import Config
+from backends.vllm_args import async_engine_args
 
 logger = logging.getLogger("engine_server.vllm")
-
-
-def shared_engine_args(config: Config, **backend_args: Any) -> dict[str, Any]:
-    """The AsyncEngineArgs every vLLM backend takes from the config; backend_args add to or override them.
-    Settings left at None are not passed, so that vLLM (or its platform plugin) picks its own default."""
-    if config.prompt_lookup:
-        from backends import BackendUnavailableError
-
-        raise BackendUnavailableError(
-            "prompt_lookup (speculative decoding) runs on hw_mode openvino only: vLLM's CPU backend has no "
-            "speculative decoding yet (vllm issue 28384), and this server does not pass it to vLLM on Gaudi. "
-            "Use --hw-mode openvino, or drop --prompt-lookup / ENGINE_SERVER_PROMPT_LOOKUP."
-        )
-    args = {
-        "enable_prefix_caching": config.enable_prefix_caching,
-        "trust_remote_code": config.trust_remote_code,
-        "tensor_parallel_size": config.parallel_number,
-        "pipeline_parallel_size": config.pipeline_parallel_size,
-        "max_model_len": config.max_model_len,
-        "block_size": config.block_size,
-        "max_num_seqs": config.max_num_seqs,
-        "max_num_batched_tokens": config.max_num_batched_tokens,
-        "enable_chunked_prefill": config.enable_chunked_prefill,
-        "distributed_executor_backend": config.distributed_executor_backend,
-        **node_args(config),
-        **backend_args,
-    }
-    return {name: value for name, value in args.items() if value is not None}
-
-
-def node_args(config: Config) -> dict[str, Any]:
-    """The arguments that spread one model over several hosts with vLLM's mp executor; none on one host."""
-    if config.nnodes == 1:
-        return {}
-    return {
-        "nnodes": config.nnodes,
-        "node_rank": config.node_rank,
-        "master_addr": config.master_addr,
-        "master_port": config.master_port,
-        # Unset, vLLM would pick Ray where a Ray cluster runs, and then refuse nnodes > 1.
-        "distributed_executor_backend": config.distributed_executor_backend or "mp",
-    }
-
-
-def async_engine_args(model: str, engine_args: dict[str, Any]) -> Any:
-    """The same AsyncEngineArgs for the engine and for a headless node's workers, which must agree."""
-    from vllm.engine.arg_utils import AsyncEngineArgs
-
-    return AsyncEngineArgs(
-        model=model, disable_log_stats=False, structured_outputs_config=compact_json_outputs(), **engine_args
-    )
-
-
-def compact_json_outputs() -> Any:
-    """Structured output that writes JSON without whitespace: where the grammar allows whitespace between tokens,
-    small models fill it forever (a '{' then whitespace up to max_tokens). llguidance takes vLLM's switch for it
-    (xgrammar 0.2.8 still allows a space after commas) and supports more of JSON Schema."""
-    from vllm.config import StructuredOutputsConfig
-
-    return StructuredOutputsConfig(backend="guidance", disable_any_whitespace=True)
 
 
 class VllmEngine(HfTokenizerMixin):
@@ -279,12 +217,6 @@ class VllmEngine(HfTokenizerMixin):
             prefix_cache_queries=self._prefix_cache_queries,
             prefix_cache_hits=self._prefix_cache_hits,
         )
-
-    def run_headless(self) -> int:
-        """Serve another node's engine with this host's workers until stopped; returns the exit status."""
-        from backends import vllm_headless
-
-        return vllm_headless.run(self._resolve_model, self._engine_args, self._env)
 
     async def shutdown(self) -> None:
         if self._llm is not None:

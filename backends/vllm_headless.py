@@ -16,7 +16,7 @@ from types import FrameType
 from typing import Any
 
 from backends import vllm_nodes
-from backends.vllm_engine import async_engine_args
+from backends.vllm_args import async_engine_args
 
 logger = logging.getLogger("engine_server.vllm")
 

@@ -133,15 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from backends.openvino import load_tokenizer, open_pipeline
-    from backends.openvino_settings import settings_from_config
+    from backends.openvino_settings import pipeline_settings
+    from backends.registry import settings_for
     from engine_server.cli import load_config
-    from engine_server.models import resolve
+    from model_prep.sources import resolve
 
     flags = ["--hw-mode", "openvino", "--model", args.model, "--kv-cache-space", "1", *json.loads(args.server_args)]
     _, config = load_config(["serve", *flags, "--max-model-len", "8192"], {})
     model = resolve(config, "openvino")
-    plain = settings_from_config(config)
-    spec = settings_from_config(config.with_changes(prompt_lookup=True))
+    plain = pipeline_settings(settings_for("openvino", config))
+    spec = pipeline_settings(settings_for("openvino", config.with_changes(prompt_lookup=True)))
     pipes = {"plain": open_pipeline(model, plain, 8192), "prompt lookup": open_pipeline(model, spec, 8192)}
     lookups = {"plain": None, "prompt lookup": spec.prompt_lookup}
     tokenizer = load_tokenizer(model)

@@ -74,13 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     from backends.base import SamplingOptions
     from backends.openvino import open_pipeline
     from backends.openvino_sampling import generation_config
-    from backends.openvino_settings import settings_from_config
+    from backends.openvino_settings import pipeline_settings
+    from backends.registry import settings_for
     from engine_server.cli import load_config
-    from engine_server.models import resolve
+    from model_prep.sources import resolve
 
     _, config = load_config(["serve", *json.loads(args.server_args)], {})
     model = resolve(config, "openvino")  # exported into the cache on first use, as the server does
-    settings = settings_from_config(config)
+    settings = pipeline_settings(settings_for("openvino", config))
     if settings.max_model_len is None:
         parser.error("the server args must set --max-model-len")
     pipe = open_pipeline(model, settings, settings.max_model_len)

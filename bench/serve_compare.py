@@ -192,7 +192,7 @@ def _tiny_model() -> str:
 
 def _as_builtin(model: str, group: str) -> tuple[str, Path | None]:
     """(the built-in model's name, its cache) when model is the group's prepared built-in model, else (model, None)."""
-    from engine_server.builtin_models import model_dir
+    from model_prep.builtin_models import model_dir
 
     path = Path(model)
     if group in BUILTIN and len(path.parents) > 1 and model_dir(path.parents[1], BUILTIN[group]) == path:
@@ -201,14 +201,14 @@ def _as_builtin(model: str, group: str) -> tuple[str, Path | None]:
 
 
 def _package_gguf(group: str, work: Path) -> str:
-    from engine_server import gemma, smollm2
+    from model_prep import gemma, smollm2
 
     return str((smollm2 if group == "smollm2" else gemma).gguf_file(work))
 
 
 def _builtin_model(name: str, cache_dir: Path | None) -> str:
-    from engine_server.builtin_models import prepare
     from engine_server.config import Config
+    from model_prep.builtin_models import prepare
 
     return str(prepare(cache_dir or Config().cache_dir, name, progress=_say))
 

@@ -55,15 +55,16 @@ RETRY_AFTER_S = "1"
 
 def create_app(config: Config, engine: Engine | None = None, on_fatal: Callable[[str], None] | None = None) -> Service:
     """The service as an ASGI app. Without an engine, the one config.hw_mode selects is created."""
-    from backends import Selection, select_backend
+    from backends.registry import Selection
 
-    selection = select_backend(config) if engine is None else Selection(config.hw_mode, "the engine was passed in")
     if engine is None:
-        from backends import create_engine
-        from engine_server import models
+        from engine_server import engines
 
-        engine = create_engine(config, partial(models.resolve, config), selection.hw_mode)
+        selection = engines.selection(config)
+        engine = engines.create_engine(config, selection.hw_mode)
         logger.info("engine: %s (%s)", selection.hw_mode, selection.reason)
+    else:
+        selection = Selection(config.hw_mode, "the engine was passed in")
     store = responses.ResponseStore(config.responses_store_size, config.responses_store_ttl)
     metrics = Metrics(engine.stats, config.model_name)
     state = State(config, engine, metrics, on_fatal)

@@ -8,10 +8,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from backends import BackendUnavailableError, select_backend
-from engine_server.builtin_models import models_table
+from backends import BackendUnavailableError
 from engine_server.config import Config, ConfigError
 from engine_server.config_options import default_of, flag_of, option_fields, parse_value, values_from_env
+from model_prep.builtin_models import models_table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,14 +102,16 @@ def _healthcheck(config: Config) -> int:
 
 
 def _prepare(config: Config) -> int:
-    from engine_server import models
+    from backends.registry import get
+    from engine_server import engines
     from engine_server.server import configure_logging
+    from model_prep import sources
 
     configure_logging(config.log_level, config.log_format)
-    fmt = "openvino" if select_backend(config).hw_mode == "openvino" else "hf"
+    fmt = get(engines.selection(config).hw_mode).formats[0]
     try:
-        path = models.resolve(config, fmt)
-    except models.ModelUnavailableError as exc:
+        path = sources.resolve(config, fmt)
+    except sources.ModelUnavailableError as exc:
         print(f"engine-server: error: {exc}", file=sys.stderr)
         return 1
     print(path)

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from engine_server.builtin_models import DEFAULT_MODEL, MODELS
 from engine_server.reasoning import PARSERS as REASONING_PARSERS
 from engine_server.tool_parsers import FORMATS as TOOL_FORMATS
+from model_prep.builtin_models import DEFAULT_MODEL, MODELS
 
 HW_MODES = ("auto", "cpu", "hpu", "openvino")
 DTYPES = ("auto", "float32", "bfloat16", "float16")

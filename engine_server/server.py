@@ -130,13 +130,10 @@ def _configure_logs(config: Config) -> None:
 
 def run_headless(config: Config) -> int:
     """A headless node (--headless): this host's workers for node 0's engine, no HTTP; returns the exit status."""
-    from functools import partial
-
-    from backends import run_headless
-    from engine_server import models
+    from engine_server import engines
 
     _configure_logs(config)
-    return run_headless(config, partial(models.resolve, config))
+    return engines.run_headless(config)
 
 
 def serve(config: Config, engine: Engine | None = None) -> int:

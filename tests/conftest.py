@@ -37,6 +37,15 @@ class LiveServer:
         raise KeyError(name)
 
 
+def fake_host(monkeypatch: pytest.MonkeyPatch, *modules: str, cards: int = 0) -> None:
+    """What hw_mode auto sees, as if this Python could import only `modules` and the host had `cards` Gaudi cards."""
+    import backends
+    from backends import hpu
+
+    monkeypatch.setattr(backends, "has_module", lambda name: name in modules)
+    monkeypatch.setattr(hpu, "find_devices", lambda dev=hpu.DEV: [dev / f"accel/accel{i}" for i in range(cards)])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -112,7 +121,7 @@ def tiny_model() -> Path:
 @pytest.fixture(scope="session")
 def gemma_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache holding gemma-3-270m prepared by this venv (its GGUF conversion needs transformers 5; about a minute)."""
-    from engine_server import builtin_models
+    from model_prep import builtin_models
 
     cache = tmp_path_factory.mktemp("gemma-cache")
     builtin_models.prepare(cache, "gemma-3-270m")

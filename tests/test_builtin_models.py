@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from engine_server import builtin_models, smollm2
+from model_prep import builtin_models, smollm2
 
 
 def _planted_leftover(cache: Path) -> Path:

@@ -14,7 +14,7 @@ import jsonschema
 import openai
 import pytest
 
-from engine_server import builtin_models
+from model_prep import builtin_models
 from tests.conftest import ROOT, LiveServer, backend_python, start_server, stop, wait_healthy
 from tests.test_e2e import SEED_CURL_BODIES
 from tests.test_library import readme_example
@@ -190,7 +190,7 @@ def test_both_backends_tokenize_alike(tmp_path: Path) -> None:
         "from pathlib import Path\n"
         "from transformers import AutoTokenizer\n"
         "from engine_server.config import Config\n"
-        "from engine_server.models import resolve\n"
+        "from model_prep.sources import resolve\n"
         "path = resolve(Config(cache_dir=Path(sys.argv[1])), 'openvino')\n"
         "texts = json.loads(sys.stdin.read())\n"
         "hf, ov = AutoTokenizer.from_pretrained(path), openvino_genai.Tokenizer(path)\n"

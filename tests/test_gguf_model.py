@@ -13,9 +13,9 @@ import numpy as np
 import openai
 import pytest
 
-from engine_server import gguf_model
-from engine_server.builtin_models import MARKER, PrepareError
-from engine_server.openvino_tokenizer import MIXED_TEXTS
+from model_prep import gguf_model
+from model_prep.builtin_models import MARKER, PrepareError
+from model_prep.openvino_tokenizer import MIXED_TEXTS
 from tests.conftest import BACKENDS, ROOT, LiveServer, start_server, stop, wait_healthy
 from tests.models.make_tiny_gguf import write as write_gguf
 

@@ -51,7 +51,7 @@ def servers(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @pytest.fixture(scope="module")
 def gemma_server(gemma_cache: Path) -> Iterator[LiveServer]:
     """The built-in gemma-3-270m on openvino: prepared by the cpu venv (whose transformers 5 converts its GGUF
-    tokenizer right, see engine_server/gemma.py), then exported and served by the openvino venv."""
+    tokenizer right, see model_prep/gemma.py), then exported and served by the openvino venv."""
     log = gemma_cache / "server.log"
     args = ["--model", "gemma-3-270m", "--hw-mode", "openvino", "--max-model-len", "2048", "--kv-cache-space", "2"]
     env = {"ENGINE_SERVER_CACHE_DIR": str(gemma_cache)}

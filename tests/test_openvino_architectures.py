@@ -10,10 +10,11 @@ from pathlib import Path
 import openai
 import pytest
 
-from backends import BackendUnavailableError, select_backend
-from engine_server import openvino_architectures
+from backends import BackendUnavailableError
+from engine_server import engines
 from engine_server.config import Config
-from tests.conftest import BACKENDS, start_server, stop, wait_healthy
+from model_prep import openvino_architectures
+from tests.conftest import BACKENDS, fake_host, start_server, stop, wait_healthy
 
 UNSUPPORTED = "olmoe"  # OLMoE: vLLM and transformers know it, optimum-intel 2.2 does not export it
 
@@ -46,10 +47,6 @@ def olmoe(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def fake_modules(*present: str) -> object:
-    return lambda name: name in present
-
-
 @pytest.fixture
 def listed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(openvino_architectures, "_version", lambda: "2.2.0")
@@ -63,25 +60,32 @@ def checkpoint(tmp_path: Path, model_type: str) -> Path:
     return path
 
 
-def test_auto_serves_an_unsupported_architecture_on_vllm_and_says_why(tmp_path: Path, listed: None) -> None:
+def test_auto_serves_an_unsupported_architecture_on_vllm_and_says_why(
+    tmp_path: Path, listed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_host(monkeypatch, "openvino_genai", "vllm")
     config = Config(model=str(checkpoint(tmp_path, UNSUPPORTED)), cache_dir=tmp_path)
-    selection = select_backend(config, fake_modules("openvino_genai", "vllm"))
+    selection = engines.selection(config)
     assert selection.hw_mode == "cpu"
     assert "optimum-intel 2.2.0 cannot export model_type 'olmoe'" in selection.reason
-    assert selection.reason.endswith("so vLLM CPU serves it")
+    assert selection.reason.endswith("so cpu (vLLM CPU) serves it")
 
 
-def test_auto_without_vllm_names_the_environment_that_serves_it(tmp_path: Path, listed: None) -> None:
+def test_auto_without_vllm_names_the_environment_that_serves_it(
+    tmp_path: Path, listed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_host(monkeypatch, "openvino_genai")
     config = Config(model=str(checkpoint(tmp_path, UNSUPPORTED)), cache_dir=tmp_path)
-    with pytest.raises(BackendUnavailableError, match=r"has no vLLM.*\.venv/bin/engine-server --hw-mode cpu"):
-        select_backend(config, fake_modules("openvino_genai"))
+    with pytest.raises(
+        BackendUnavailableError, match=r"cannot export.*has no vLLM.*\.venv/bin/engine-server --hw-mode cpu"
+    ):
+        engines.selection(config)
 
 
-def test_auto_keeps_openvino_for_what_it_exports(tmp_path: Path, listed: None) -> None:
+def test_auto_keeps_openvino_for_what_it_exports(tmp_path: Path, listed: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_host(monkeypatch, "openvino_genai")
     for model in (str(checkpoint(tmp_path, "llama")), None, "org/not-downloaded"):
-        assert select_backend(Config(model=model, cache_dir=tmp_path), fake_modules("openvino_genai")).hw_mode == (
-            "openvino"
-        )
+        assert engines.selection(Config(model=model, cache_dir=tmp_path)).hw_mode == "openvino"
 
 
 def test_the_list_is_optimum_intels_own(tmp_path: Path) -> None:
@@ -103,7 +107,7 @@ def test_the_openvino_environment_refuses_it_at_startup(olmoe: Path, tmp_path: P
     log = (tmp_path / "server.log").read_text()
     assert process.returncode != 0, log
     assert "optimum-intel 2.2.0 cannot export model_type 'olmoe'" in log
-    assert ".venv/bin/engine-server --hw-mode cpu --model" in log
+    assert ".venv/bin/engine-server --hw-mode cpu" in log
     assert not (tmp_path / "cache" / "openvino" / "tiny-olmoe").exists()  # refused before any export
 
 

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from engine_server import models, openvino_export
 from engine_server.config import Config
-from engine_server.openvino_export import REQUIRED, ExportError, ExportSettings, export, is_exported
+from model_prep import openvino_export
+from model_prep import sources as models
+from model_prep.openvino_export import REQUIRED, ExportError, ExportSettings, export, is_exported
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Fusing the matmuls that read the same input (engine_server/openvino_fuse.py): fewer nodes, the same logits.
+"""Fusing the matmuls that read the same input (model_prep/openvino_fuse.py): fewer nodes, the same logits.
 
 Runs in .venv-openvino (a child process): optimum-cli exports the tiny model as it does for the server, the copy is
 fused, and both are compiled on the CPU and fed the same tokens (a prompt, then decode steps with the KV cache).
@@ -19,8 +19,8 @@ COMPARE = r"""
 import json, shutil, sys
 from pathlib import Path
 import numpy as np, openvino as ov
-from engine_server.openvino_export import ExportSettings, _run_optimum
-from engine_server.openvino_fuse import fuse_file
+from model_prep.openvino_export import ExportSettings, _run_optimum
+from model_prep.openvino_fuse import fuse_file
 
 source, work, fmt = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 plain, fused = work / "plain", work / "fused"
@@ -48,7 +48,7 @@ SYNTHETIC = r"""
 import json
 import numpy as np, openvino as ov
 from openvino import opset13 as ops
-from engine_server.openvino_fuse import fuse_shared_input_matmuls
+from model_prep.openvino_fuse import fuse_shared_input_matmuls
 
 rng = np.random.default_rng(1)
 x = ops.parameter([-1, 8], ov.Type.f32, name="x")

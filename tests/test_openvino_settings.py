@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from backends.openvino_settings import auto_precision, settings_from_config
+from backends.openvino_settings import auto_precision, pipeline_settings
+from backends.registry import settings_for
 from engine_server.config import Config
 
 NO_AMX = frozenset({"avx512f", "avx512_bf16", "avx512_vnni"})
@@ -16,10 +17,10 @@ def test_auto_computes_in_f32_on_a_cpu_without_amx() -> None:
 
 
 def test_an_explicit_dtype_wins_over_auto() -> None:
-    assert settings_from_config(Config(dtype="bfloat16")).inference_precision == "bf16"
-    assert settings_from_config(Config(dtype="float32")).inference_precision == "f32"
+    assert pipeline_settings(settings_for("openvino", Config(dtype="bfloat16"))).inference_precision == "bf16"
+    assert pipeline_settings(settings_for("openvino", Config(dtype="float32"))).inference_precision == "f32"
 
 
 def test_cpu_threads_are_not_pinned() -> None:
-    assert settings_from_config(Config()).enable_cpu_pinning is False
-    assert settings_from_config(Config(device="GPU")).enable_cpu_pinning is None
+    assert pipeline_settings(settings_for("openvino", Config())).enable_cpu_pinning is False
+    assert pipeline_settings(settings_for("openvino", Config(device="GPU"))).enable_cpu_pinning is None

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from engine_server import openvino_export
-from engine_server.openvino_export import ExportError
-from engine_server.openvino_tokenizer import CONFIG, compatible_config, staged_source
+from model_prep import openvino_export
+from model_prep.openvino_export import ExportError
+from model_prep.openvino_tokenizer import CONFIG, compatible_config, staged_source
 from tests.conftest import backend_python
 
 V5_CONFIG = {

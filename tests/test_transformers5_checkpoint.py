@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from engine_server.openvino_tokenizer import MIXED_TEXTS
+from model_prep.openvino_tokenizer import MIXED_TEXTS
 from tests.conftest import BACKENDS, LiveServer, start_server, stop, wait_healthy
 
 MIXED = " ".join(MIXED_TEXTS) + " <|user|>hi<|end|>"

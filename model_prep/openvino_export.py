@@ -21,15 +21,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from engine_server import openvino_tokenizer
-from engine_server.atomic import build_once
+from model_prep import openvino_tokenizer
+from model_prep.atomic import build_once
 
 logger = logging.getLogger("engine_server.openvino_export")
 
 Progress = Callable[[str], None]
 
 # Bump when the export changes what it writes, so caches made by older code are rebuilt, not served.
-# 2: projections that read the same input are fused into one matmul (engine_server/openvino_fuse.py).
+# 2: projections that read the same input are fused into one matmul (model_prep/openvino_fuse.py).
 VERSION = 2
 MARKER = "engine-server-export.json"
 IR_FILE = "openvino_model.xml"
@@ -167,7 +167,7 @@ def _run_optimum(source: Path, out: Path, settings: ExportSettings, report: Prog
 def _fuse(build: Path, report: Progress) -> None:
     """Fuse the exported model's shared-input matmuls, in a child process (it holds the weights twice meanwhile)."""
     report("fusing the matmuls that read the same input (q/k/v, gate/up)")
-    cmd = [sys.executable, "-m", "engine_server.openvino_fuse", str(build)]
+    cmd = [sys.executable, "-m", "model_prep.openvino_fuse", str(build)]
     done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     if done.returncode != 0:
@@ -177,10 +177,10 @@ def _fuse(build: Path, report: Progress) -> None:
 
 
 def _check_tokenizer(build: Path, source: Path, report: Progress) -> None:
-    """The converted tokenizer must give the checkpoint's ids (engine_server/openvino_tokenizer.py), checked in a
+    """The converted tokenizer must give the checkpoint's ids (model_prep/openvino_tokenizer.py), checked in a
     child process: it loads transformers and the tokenizer models, which the server need not keep."""
     report("checking the converted tokenizer's ids against tokenizer.json on mixed text")
-    cmd = [sys.executable, "-m", "engine_server.openvino_tokenizer", str(build), str(source)]
+    cmd = [sys.executable, "-m", "model_prep.openvino_tokenizer", str(build), str(source)]
     env = {**os.environ, "USE_TORCH": "0", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
     done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, check=False)
     lines = [line for line in done.stdout.splitlines() if line.strip()]

@@ -1,7 +1,7 @@
 """A user's GGUF file (--model FILE.gguf, or a directory holding one) prepared once into a Hugging Face checkpoint.
 
 The checkpoint goes to cache_dir/models under a name keyed by the file's sha256, with the built-in models' machinery
-(engine_server/builtin_models.py): built beside its destination under a lock, checked, marked, published by one rename.
+(model_prep/builtin_models.py): built beside its destination under a lock, checked, marked, published by one rename.
 The tokenizer is written from the GGUF's own vocabulary, merges and pre-tokenizer type as the byte-level BPE it is,
 with the file's special tokens and chat template; the weights are dequantized with the `gguf` package (llama.cpp
 interleaves Llama's q/k rotary halves: put back in Hugging Face's order). Nothing here needs transformers except the
@@ -17,9 +17,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from engine_server import smollm2
-from engine_server.atomic import build_once
-from engine_server.builtin_models import PrepareError, Progress, Steps, has_marker, write_marker
+from model_prep import smollm2
+from model_prep.atomic import build_once
+from model_prep.builtin_models import PrepareError, Progress, Steps, has_marker, write_marker
 
 logger = logging.getLogger("engine_server.gguf_model")
 

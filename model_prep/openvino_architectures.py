@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine_server.atomic import build_once
+from model_prep.atomic import build_once
 
 logger = logging.getLogger("engine_server.openvino_architectures")
 

@@ -10,7 +10,7 @@ at one stream, the same greedy tokens (bench/README.md).
 
 The rewrite only touches a group whose weights are constants behind the same chain of Convert / Subtract /
 Multiply nodes (fp32, fp16 and per-channel int8 exports); anything else is left as it is. It runs in a child process
-at export time (`python -m engine_server.openvino_fuse DIR`), so its peak memory does not stay with the server.
+at export time (`python -m model_prep.openvino_fuse DIR`), so its peak memory does not stay with the server.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def fuse_file(directory: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m engine_server.openvino_fuse DIR (an OpenVINO IR export)", file=sys.stderr)
+        print("usage: python -m model_prep.openvino_fuse DIR (an OpenVINO IR export)", file=sys.stderr)
         return 2
     fused = fuse_file(Path(args[0]))
     print(f"fused {fused} groups of matmuls that read the same input", flush=True)

@@ -45,7 +45,7 @@ CHAT_TEMPLATE = """{%- macro text(content) -%}
 
 def gguf_file(work: Path) -> Path:
     """The GGUF, assembled from the package's parts with its own sha256 check."""
-    from engine_server.builtin_models import PrepareError
+    from model_prep.builtin_models import PrepareError
 
     version = importlib.metadata.version("transformers")
     if int(version.split(".")[0]) < 5:
@@ -101,7 +101,7 @@ def verify(out: Path) -> None:
     """Check what the server will load, not what the conversion meant to write."""
     from transformers import AutoTokenizer
 
-    from engine_server.builtin_models import PrepareError
+    from model_prep.builtin_models import PrepareError
 
     tokenizer = AutoTokenizer.from_pretrained(out)
     ids = tokenizer("hi")["input_ids"]

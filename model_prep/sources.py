@@ -6,18 +6,37 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any, Protocol
 
-from engine_server import builtin_models, gguf_model
-from engine_server.config import Config
+from model_prep import builtin_models, gguf_model
 
 logger = logging.getLogger("engine_server.models")
+
+
+class ModelSource(Protocol):
+    """What a model's preparation reads from the server's configuration (engine_server.config.Config has it all)."""
+
+    @property
+    def model(self) -> str | None: ...  # a checkpoint directory, GGUF file or hub id; None: builtin_model
+    @property
+    def builtin_model(self) -> str | None: ...
+    @property
+    def cache_dir(self) -> Path: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def quantized_weights(self) -> bool: ...
+    @property
+    def trust_remote_code(self) -> bool: ...
+    @property
+    def hf_token(self) -> Any: ...  # a secret with reveal(), or None
 
 
 class ModelUnavailableError(RuntimeError):
     """The configured model cannot be had; the message names the cause and the fix."""
 
 
-def resolve(config: Config, fmt: str = "hf") -> str:
+def resolve(config: ModelSource, fmt: str = "hf") -> str:
     """A local directory holding the model in the backend's format (fmt), preparing or downloading it if needed."""
     if fmt == "openvino":
         return _openvino(config)
@@ -45,9 +64,9 @@ def resolve(config: Config, fmt: str = "hf") -> str:
     return _from_hub(model, config.hf_token.reveal() if config.hf_token else None)
 
 
-def _openvino(config: Config) -> str:
+def _openvino(config: ModelSource) -> str:
     """A directory already in OpenVINO IR is served as is; a Hugging Face checkpoint is exported once into the cache."""
-    from engine_server import openvino_export
+    from model_prep import openvino_export
 
     source = Path(resolve(config, "hf"))
     if openvino_export.is_openvino_ir(source):
@@ -62,7 +81,18 @@ def _openvino(config: Config) -> str:
         raise ModelUnavailableError(str(exc)) from None
 
 
-def openvino_refusal(config: Config) -> str | None:
+def refusal(config: ModelSource, fmt: str) -> str | None:
+    """Why the configured model cannot be had in fmt (a backend's format), known before anything is loaded; None when
+    it can, or when only the preparation itself can tell."""
+    if fmt == "openvino":
+        return openvino_refusal(config)
+    path = Path(str(config.model)).expanduser() if config.model is not None else None
+    if path is not None and path.is_dir() and (path / "openvino_model.xml").is_file():
+        return "it is an OpenVINO IR export, which only OpenVINO reads"
+    return None
+
+
+def openvino_refusal(config: ModelSource) -> str | None:
     """Why the openvino backend cannot serve the configured model, known before anything is loaded; None when it can
     (or when only the export itself can tell: a hub id not yet downloaded)."""
     if config.builtin_model is not None or config.model is None:
@@ -70,12 +100,12 @@ def openvino_refusal(config: Config) -> str | None:
     path = Path(str(config.model)).expanduser()
     if not path.is_dir():
         return None
-    from engine_server import openvino_architectures
+    from model_prep import openvino_architectures
 
     return openvino_architectures.refusal(path, config.cache_dir)
 
 
-def _preferred_weights(config: Config) -> str:
+def _preferred_weights(config: ModelSource) -> str:
     """A built-in model's measured fastest; a GGUF's own precision (4-bit: int4, 8-bit: int8, f16, f32); else fp16."""
     name = config.builtin_model
     if name is not None:

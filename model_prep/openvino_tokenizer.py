@@ -6,7 +6,7 @@ transformers 4 (optimum-intel's) knows neither, so optimum skipped openvino-toke
 Both mean the plain fast tokenizer over tokenizer.json, which transformers 4 calls PreTrainedTokenizerFast: optimum is
 shown a copy of the checkpoint (links to its files, tokenizer_config.json rewritten), never the checkpoint itself.
 
-check() runs in a child process (`python -m engine_server.openvino_tokenizer EXPORT SOURCE`): it loads transformers
+check() runs in a child process (`python -m model_prep.openvino_tokenizer EXPORT SOURCE`): it loads transformers
 and OpenVINO's tokenizer models, which a serving process should not keep.
 """
 
