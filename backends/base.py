@@ -99,6 +99,9 @@ class ModelInfo:
     max_model_len: int
     backend: str
     engine_version: str = ""
+    # Whether a prompt sent while another with the same prefix is still in prefill finds that prefix in the cache
+    # (vLLM's does); where not, the server holds it back until that prefill ends (engine_server.prefix_share).
+    shares_prefill: bool = False
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from backends.base import (
 from backends.openvino_cache import KvCacheReport, engine_stats, kv_cache_report
 from backends.openvino_request import OpenVinoRequest, merge_outputs
 from backends.openvino_sampling import check_supported, generation_config, openvino_message, request_prompt_lookup
-from backends.openvino_settings import PipelineSettings
+from backends.openvino_settings import PipelineSettings, kv_cache_gib
 from backends.openvino_speculation import SequenceSpeculation, SpecDecodeCounts
 from backends.tokenizer import HfTokenizerMixin
 
@@ -343,7 +343,7 @@ def open_pipeline(model: str, s: PipelineSettings, max_model_len: int) -> Any:
     import openvino_genai
 
     scheduler = openvino_genai.SchedulerConfig()
-    scheduler.cache_size = s.kv_cache_gib
+    scheduler.cache_size = kv_cache_gib(s, model, max_model_len)
     scheduler.enable_prefix_caching = s.enable_prefix_caching
     if s.dynamic_split_fuse is not None:
         scheduler.dynamic_split_fuse = s.dynamic_split_fuse

@@ -3,23 +3,24 @@ registry. The engine itself (backends.openvino) is imported only when one is cre
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import backends
+from backends import kv_sizing
 from backends.base import Engine, ModelResolver
 from backends.openvino_speculation import PromptLookup
 from backends.registry import Backend
 
-DEFAULT_KV_CACHE_GIB = 4  # as the cpu backend
 INFERENCE_PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}  # dtype "auto": auto_precision()
 
 
 @dataclass(frozen=True)
 class PipelineSettings:
     device: str = "CPU"
-    kv_cache_gib: int = DEFAULT_KV_CACHE_GIB
+    kv_cache_gib: int | None = None  # None: backends.kv_sizing's default for the model (whole GiB)
     kv_cache_precision: str | None = None  # None: the device's default (u8 on CPU)
     inference_precision: str | None = None  # None: the device's default
     # None: the device's default (on CPU: pinned). Off, the OS may move an inference thread off a core that the HTTP
@@ -39,7 +40,7 @@ class OpenVinoSettings:
     """Named as the configuration's fields (backends.registry fills them)."""
 
     device: str = "CPU"
-    kv_cache_space: float | None = None  # GiB, whole; None: DEFAULT_KV_CACHE_GIB
+    kv_cache_space: float | None = None  # GiB, whole; None: backends.kv_sizing's default for the model
     kv_cache_precision: str | None = None
     dtype: str = "auto"
     enable_prefix_caching: bool = True
@@ -55,10 +56,9 @@ class OpenVinoSettings:
 
 
 def pipeline_settings(config: OpenVinoSettings) -> PipelineSettings:
-    space = config.kv_cache_space if config.kv_cache_space is not None else DEFAULT_KV_CACHE_GIB
     return PipelineSettings(
         device=config.device,
-        kv_cache_gib=int(space),
+        kv_cache_gib=int(config.kv_cache_space) if config.kv_cache_space is not None else None,
         kv_cache_precision=config.kv_cache_precision,
         inference_precision=INFERENCE_PRECISIONS.get(config.dtype) or auto_precision(config.device),
         enable_cpu_pinning=False if config.device == "CPU" else None,
@@ -74,6 +74,15 @@ def pipeline_settings(config: OpenVinoSettings) -> PipelineSettings:
             else None
         ),
     )
+
+
+def kv_cache_gib(s: PipelineSettings, model: str, max_model_len: int) -> int:
+    """The KV cache's size: as set, or room for kv_sizing's sessions at the cache's precision (on CPU by default u8;
+    on GPUs f16), in the whole GiB OpenVINO takes."""
+    if s.kv_cache_gib is not None:
+        return s.kv_cache_gib
+    precision = s.kv_cache_precision or ("u8" if s.device == "CPU" else "f16")
+    return math.ceil(kv_sizing.default_gib(model, max_model_len, precision))
 
 
 def auto_precision(device: str, flags: frozenset[str] | None = None) -> str | None:

@@ -9,7 +9,7 @@ from functools import partial
 from typing import Any
 
 import backends
-from backends import cpu_features
+from backends import cpu_features, kv_sizing
 from backends.base import ModelResolver
 from backends.registry import Backend
 from backends.vllm_args import VllmSettings, shared_engine_args
@@ -17,7 +17,6 @@ from backends.vllm_engine import VllmEngine
 
 logger = logging.getLogger("engine_server.vllm")
 
-DEFAULT_KV_CACHE_GIB = 4.0
 # Pipeline stages on vLLM CPU run eagerly after one Dynamo trace (compilation mode 2, DYNAMO_TRACE_ONCE, with the
 # eager backend: no C++ compiler needed). Plain eager mode skips the warm-up run that sizes the buffers in which a
 # stage receives the previous stage's activations, so its first request fails (vLLM 0.32).
@@ -26,7 +25,7 @@ PIPELINE_EAGER = {"mode": 2, "backend": "eager"}
 
 @dataclass(frozen=True)
 class CpuSettings(VllmSettings):
-    kv_cache_space: float | None = None  # GiB; None: DEFAULT_KV_CACHE_GIB
+    kv_cache_space: float | None = None  # GiB; None: backends.kv_sizing's default for the model
 
 
 def resolve_dtype(dtype: str, native_bf16: bool, amx_refusal: str | None = None) -> str:
@@ -70,18 +69,22 @@ def engine_args(s: CpuSettings, native_bf16: bool, amx_refusal: str | None = Non
     return shared_engine_args(s, dtype=dtype, enforce_eager=False, compilation_config=PIPELINE_EAGER)
 
 
-def engine_env(s: CpuSettings) -> dict[str, str]:
-    space = s.kv_cache_space if s.kv_cache_space is not None else DEFAULT_KV_CACHE_GIB
+def engine_env(s: CpuSettings, model: str | None = None, dtype: str = "float32") -> dict[str, str]:
+    """model: the model's directory, from which the KV cache's default size is counted (None: the floor)."""
+    space = s.kv_cache_space
+    if space is None:
+        space = kv_sizing.default_gib(model, s.max_model_len, dtype) if model else kv_sizing.FLOOR_GIB
     return cpu_features.allow_vllm_plugin({"VLLM_CPU_KVCACHE_SPACE": f"{space:g}"})
 
 
 def create_engine(s: CpuSettings, resolve_model: ModelResolver) -> VllmEngine:
     flags = cpu_features.cpu_flags()
+    args = engine_args(s, cpu_features.has_native_bf16(flags), cpu_features.amx_refusal())
     return VllmEngine(
         backend="cpu",
         resolve_model=partial(resolve_model, "hf"),
-        engine_args=engine_args(s, cpu_features.has_native_bf16(flags), cpu_features.amx_refusal()),
-        env=engine_env(s),
+        engine_args=args,
+        env=lambda model: engine_env(s, model, args["dtype"]),
     )
 
 
@@ -90,7 +93,7 @@ def run_headless(s: CpuSettings, resolve_model: ModelResolver) -> int:
 
     flags = cpu_features.cpu_flags()
     args = engine_args(s, cpu_features.has_native_bf16(flags), cpu_features.amx_refusal())
-    return vllm_headless.run(partial(resolve_model, "hf"), args, engine_env(s))
+    return vllm_headless.run(partial(resolve_model, "hf"), args, engine_env(s, dtype=args["dtype"]))
 
 
 def unavailable(s: CpuSettings) -> str | None:

@@ -36,8 +36,9 @@ class VllmEngine(HfTokenizerMixin):
         backend: str,
         resolve_model: Callable[[], str],
         engine_args: dict[str, Any],
-        env: dict[str, str],
+        env: dict[str, str] | Callable[[str], dict[str, str]],
     ) -> None:
+        """env: the variables vLLM reads, or a function of the resolved model directory that gives them."""
         self.backend = backend
         self._resolve_model = resolve_model
         self._engine_args = engine_args
@@ -51,9 +52,9 @@ class VllmEngine(HfTokenizerMixin):
         self._lost: str | None = None  # why another host's node is taken for gone
 
     async def start(self) -> ModelInfo:
-        # vLLM reads its settings from the environment of this process and of the engine-core child it spawns.
-        os.environ.update(self._env)
         model = await asyncio.to_thread(self._resolve_model)
+        # vLLM reads its settings from the environment of this process and of the engine-core child it spawns.
+        os.environ.update(self._env(model) if callable(self._env) else self._env)
         self._llm = await asyncio.to_thread(self._build, model)
         self._tokenizer = self._llm.get_tokenizer()
         parallel = self._llm.vllm_config.parallel_config
@@ -68,6 +69,7 @@ class VllmEngine(HfTokenizerMixin):
             max_model_len=config.max_model_len,
             backend=self.backend,
             engine_version=vllm.__version__,
+            shares_prefill=True,
         )
 
     def _build(self, model: str) -> Any:

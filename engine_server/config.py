@@ -100,7 +100,8 @@ class Config:
     )
     kv_cache_space: float | None = option(
         None,
-        "KV-cache size in GiB (cpu, openvino; whole GiB on openvino). Default: 4.",
+        "KV-cache size in GiB (cpu, openvino; whole GiB on openvino). Default: room for 4 sessions at the model's "
+        "full context and at least 4 (4 where that room would take over half the host's memory).",
         env=("VLLM_CPU_KVCACHE_SPACE", "VLLM_OPENVINO_KVCACHE_SPACE"),
         flag="--kv-cache-space",
     )
@@ -158,6 +159,14 @@ class Config:
     )
     enable_prefix_caching: bool = option(
         True, "Reuse the KV cache of shared prompt prefixes.", env=("ENABLE_PREFIX_CACHING",)
+    )
+    prefix_share_min_tokens: int = option(
+        256,
+        "A request whose prompt shares at least this many tokens (and at least half of it) with a prompt the engine "
+        "is computing waits for that prefill to end, then finds the prefix in the prefix cache instead of computing "
+        "it again alongside: agents' sessions that start together compute their shared system prompt once. 0: off; "
+        "off too without --enable-prefix-caching, and on vLLM, which finds a prefix still being computed itself.",
+        env=("ENGINE_SERVER_PREFIX_SHARE_MIN_TOKENS",),
     )
     enable_chunked_prefill: bool | None = option(
         None,
@@ -370,6 +379,10 @@ class Config:
         ):
             value = getattr(self, name)
             check(value is None or value >= 1, f"{name} must be a positive integer, got {value}")
+        check(
+            self.prefix_share_min_tokens >= 0,
+            f"prefix_share_min_tokens must be 0 (off) or a number of tokens, got {self.prefix_share_min_tokens}",
+        )
         check(
             self.kv_cache_space is None or self.kv_cache_space > 0,
             f"kv_cache_space must be a positive number of GiB, got {self.kv_cache_space}",

@@ -73,6 +73,12 @@ class Metrics:
             "Generation requests admitted (in the engine or streaming).",
             registry=self.registry,
         )
+        self.prefix_share_waits = Counter(
+            "engine_server_prefix_share_waits",
+            "Requests that waited for another request's prefill of the prompt prefix they share "
+            "(--prefix-share-min-tokens), then found it in the prefix cache.",
+            registry=self.registry,
+        )
         self.ready = Gauge("engine_server_ready", "1 when the engine serves requests.", registry=self.registry)
         self.registry.register(_EngineCollector(stats))
 

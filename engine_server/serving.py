@@ -20,6 +20,7 @@ from backends.base import (
 from engine_server.config import Config
 from engine_server.errors import BadRequest, PromptTooLong
 from engine_server.metrics import Metrics
+from engine_server.prefix_share import PrefixShare
 from engine_server.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from engine_server.reasoning import (
     opened_in_prompt,
@@ -81,6 +82,10 @@ class Serving:
         self.metrics = metrics
         self._template_formats: dict[str | None, str | None] = {}  # per chat template: its tool-call format
         self._template_thinks: dict[str | None, bool] = {}  # per chat template: whether its output is split
+        self.prefixes = PrefixShare(
+            0 if info.shares_prefill or not config.enable_prefix_caching else config.prefix_share_min_tokens,
+            metrics.prefix_share_waits.inc,
+        )
 
     # -- preparing -------------------------------------------------------------------------------------------
 
@@ -225,14 +230,14 @@ class Serving:
     async def _merged_steps(self, prepared: Prepared) -> AsyncIterator[tuple[int, StepOutput]]:
         """Engine outputs of all the request's prompts as they come, tagged with the prompt's position."""
         if len(prepared.requests) == 1:
-            async for step in self.engine.generate(prepared.requests[0]):
+            async for step in self.prefixes.generate(self.engine.generate, prepared.requests[0]):
                 yield 0, step
             return
         queue: asyncio.Queue[tuple[int, StepOutput | BaseException | None]] = asyncio.Queue()
 
         async def pump(i: int, request: GenerateRequest) -> None:
             try:
-                async for step in self.engine.generate(request):
+                async for step in self.prefixes.generate(self.engine.generate, request):
                     queue.put_nowait((i, step))
                 queue.put_nowait((i, None))
             except BaseException as exc:  # handed to the consumer, which re-raises it
