@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import backends
-from backends import kv_sizing
+from backends import cpu_defaults, kv_sizing
 from backends.base import Engine, ModelResolver
 from backends.openvino_speculation import PromptLookup
 from backends.registry import Backend
@@ -59,7 +59,8 @@ def pipeline_settings(config: OpenVinoSettings) -> PipelineSettings:
     return PipelineSettings(
         device=config.device,
         kv_cache_gib=int(config.kv_cache_space) if config.kv_cache_space is not None else None,
-        kv_cache_precision=config.kv_cache_precision,
+        kv_cache_precision=config.kv_cache_precision
+        or (cpu_defaults.for_cpu().openvino_kv if config.device == "CPU" else None),
         inference_precision=INFERENCE_PRECISIONS.get(config.dtype) or auto_precision(config.device),
         enable_cpu_pinning=False if config.device == "CPU" else None,
         enable_prefix_caching=config.enable_prefix_caching,
@@ -86,16 +87,13 @@ def kv_cache_gib(s: PipelineSettings, model: str, max_model_len: int) -> int:
 
 
 def auto_precision(device: str, flags: frozenset[str] | None = None) -> str | None:
-    """dtype auto: f32 activations on a CPU without AMX, where OpenVINO otherwise picks bf16 (AVX512-BF16). With f32
-    activations it quantizes them per group on the fly and multiplies int8 weights with VNNI; with bf16 it
-    decompresses the weights instead. SmolLM2 int8 on 2 EPYC cores: 1.1x the tokens/s at 1 and at 8 streams in one
-    quiet window, within the noise in a later one; and closer to the fp32 reference's tokens (bench/README.md). On
-    AMX, and on other devices, the device's default stays."""
-    from backends.cpu_features import cpu_flags, has_amx
-
-    if device != "CPU" or has_amx(cpu_flags() if flags is None else flags):
+    """dtype auto: on CPU, the precision backends.cpu_defaults gives this ISA. Without AMX that is f32, where
+    OpenVINO otherwise picks bf16 (AVX512-BF16): with f32 activations it quantizes them per group on the fly and
+    multiplies int8 weights with VNNI; with bf16 it decompresses the weights instead (bench/README.md). On AMX, and
+    on other devices, the device's default stays."""
+    if device != "CPU":
         return None
-    return "f32"
+    return cpu_defaults.for_cpu(flags).openvino_precision
 
 
 def check_available(config: OpenVinoSettings, dri: Path = Path("/dev/dri")) -> None:

@@ -9,7 +9,7 @@ from functools import partial
 from typing import Any
 
 import backends
-from backends import cpu_features, kv_sizing
+from backends import cpu_defaults, cpu_features, kv_sizing
 from backends.base import ModelResolver
 from backends.registry import Backend
 from backends.vllm_args import VllmSettings, shared_engine_args
@@ -77,9 +77,13 @@ def engine_env(s: CpuSettings, model: str | None = None, dtype: str = "float32")
     return cpu_features.allow_vllm_plugin({"VLLM_CPU_KVCACHE_SPACE": f"{space:g}"})
 
 
+def native_bf16() -> bool:
+    """Whether dtype auto may pick bfloat16 here (backends.cpu_defaults: where the CPU computes it natively)."""
+    return cpu_defaults.for_cpu().vllm_dtype == "bfloat16"
+
+
 def create_engine(s: CpuSettings, resolve_model: ModelResolver) -> VllmEngine:
-    flags = cpu_features.cpu_flags()
-    args = engine_args(s, cpu_features.has_native_bf16(flags), cpu_features.amx_refusal())
+    args = engine_args(s, native_bf16(), cpu_features.amx_refusal())
     return VllmEngine(
         backend="cpu",
         resolve_model=partial(resolve_model, "hf"),
@@ -91,8 +95,7 @@ def create_engine(s: CpuSettings, resolve_model: ModelResolver) -> VllmEngine:
 def run_headless(s: CpuSettings, resolve_model: ModelResolver) -> int:
     from backends import vllm_headless
 
-    flags = cpu_features.cpu_flags()
-    args = engine_args(s, cpu_features.has_native_bf16(flags), cpu_features.amx_refusal())
+    args = engine_args(s, native_bf16(), cpu_features.amx_refusal())
     return vllm_headless.run(partial(resolve_model, "hf"), args, engine_env(s, dtype=args["dtype"]))
 
 

@@ -81,13 +81,14 @@ def turn(client: httpx.Client, base: str, messages: list[dict[str, str]], max_to
 def session(base: str, index: int, system: str, turns: int, max_tokens: int, start: threading.Barrier) -> list[Any]:
     messages = [{"role": "system", "content": system}]
     results = []
-    with httpx.Client(timeout=3600) as client:
-        start.wait()
-        for t in range(turns):
-            messages.append({"role": "user", "content": f"User {index}: {QUESTIONS[(index + t) % len(QUESTIONS)]}"})
+    start.wait()
+    for t in range(turns):
+        messages.append({"role": "user", "content": f"User {index}: {QUESTIONS[(index + t) % len(QUESTIONS)]}"})
+        # A connection per turn: llama-server closes idle kept-alive ones on its own schedule (bench/client.py).
+        with httpx.Client(timeout=3600) as client:
             ttft, answer, prompt_tokens = turn(client, base, messages, max_tokens)
-            messages.append({"role": "assistant", "content": answer})
-            results.append((t + 1, ttft, prompt_tokens))
+        messages.append({"role": "assistant", "content": answer})
+        results.append((t + 1, ttft, prompt_tokens))
     return results
 
 

@@ -24,6 +24,13 @@ class ClientError(RuntimeError):
 
 def client_args(workload: Workload, base_url: str, served_name: str, seed: int) -> list[str]:
     """The flags every HTTP contender is driven with; only the URL and the seed differ between runs."""
+    if workload.dataset is None:
+        dataset = ["--dataset-name", "random", "--random-input-len", str(workload.input_len)]
+        dataset += ["--random-output-len", str(workload.output_len), "--ignore-eos"]
+    else:
+        # Each prompt with its own max_tokens, greedy, as a user message (the server applies the chat template).
+        dataset = ["--dataset-name", "custom", "--dataset-path", workload.dataset, "--custom-output-len", "-1"]
+        dataset += ["--skip-chat-template", "--temperature", "0"]
     return [
         "--backend",
         "openai-chat",
@@ -35,17 +42,11 @@ def client_args(workload: Workload, base_url: str, served_name: str, seed: int) 
         workload.model,
         "--served-model-name",
         served_name,
-        "--dataset-name",
-        "random",
-        "--random-input-len",
-        str(workload.input_len),
-        "--random-output-len",
-        str(workload.output_len),
+        *dataset,
         "--num-prompts",
         str(workload.num_prompts),
         "--max-concurrency",
         str(workload.concurrency),
-        "--ignore-eos",
         # A fresh seed per run: a prompt set the server saw before would be served from its prefix cache.
         "--seed",
         str(seed),

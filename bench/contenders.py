@@ -28,6 +28,9 @@ class EngineSettings:
     dtype: str = "float32"
     kv_cache_space_gib: float = 2.0
     max_model_len: int = 2048
+    # Each server's own best settings for a workload beyond the shared ones (edit: speculative decoding).
+    openvino_flags: tuple[str, ...] = ()
+    llama_flags: tuple[str, ...] = ()
 
     def env(self) -> dict[str, str]:
         # vllm serve and the raw engine read the KV-cache size only from the environment; our server takes the flag.
@@ -73,6 +76,7 @@ def our_server_cmd(
         str(settings.max_model_len),
         *eager,
         "--enable-prefix-caching",
+        *(settings.openvino_flags if hw_mode == "openvino" else ()),
     ]
 
 
@@ -160,7 +164,8 @@ def llama_server_cmd(binary: str, gguf: str, port: int, settings: EngineSettings
     # As llama.cpp's users run it on a small CPU: 8 slots sharing the context (each gets max_model_len), 2 threads,
     # the GGUF's own chat template (--jinja).
     flags = {"-m": gguf, "--host": "127.0.0.1", "--port": str(port), "-c": str(8 * settings.max_model_len)}
-    return [binary, *(x for pair in flags.items() for x in pair), "-np", "8", "-t", "2", "--jinja"]
+    cmd = [binary, *(x for pair in flags.items() for x in pair), "-np", "8", "-t", "2", "--jinja"]
+    return cmd + list(settings.llama_flags)
 
 
 @contextlib.contextmanager

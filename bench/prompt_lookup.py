@@ -25,14 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-# (file, identifier, its new name): real code to copy back with one rename, one per stream.
-EDITS = (
-    ("backends/json_grammar.py", "SchemaError", "SchemaProblem"),
-    ("backends/vllm_engine.py", "engine_args", "engine_arguments"),
-    ("engine_server/app.py", "create_app", "build_app"),
-    ("engine_server/protocol.py", "FieldError", "FieldProblem"),
-)
+from bench.workloads import CODE_EDITS, ROOT, code_edit_prompt
+
 RANDOM_INPUT, RANDOM_OUTPUT = 128, 256
 
 
@@ -47,10 +41,9 @@ def edit_requests(tokenizer: Any, concurrency: int, max_tokens: int | None) -> l
     from backends.base import SamplingOptions
 
     out = []
-    for path, old, new in EDITS[:concurrency]:
+    for path, old, new in CODE_EDITS[:concurrency]:
         code = (ROOT / path).read_text()
-        ask = f"Rename `{old}` to `{new}` in this file. Answer with the whole file and nothing else.\n\n```python\n"
-        messages = [{"role": "user", "content": ask + code + "```"}]
+        messages = [{"role": "user", "content": code_edit_prompt(code, old, new)}]
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         whole = len(tokenizer(code, add_special_tokens=False).input_ids) + 64
         out.append(Request(list(prompt), SamplingOptions(min(whole, max_tokens or whole), temperature=0.0)))

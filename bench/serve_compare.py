@@ -3,6 +3,8 @@
 python -m bench.serve_compare --quick              # tiny model only, fewer prompts: a few minutes on 2 cores
 python -m bench.serve_compare                      # tiny, then gemma-3-270m at concurrency 1 and 8
 python -m bench.serve_compare --contenders engine-server,vllm-serve --workloads tiny   # issue 2's comparison
+python -m bench.serve_compare --workloads edit --contenders engine-server-openvino,llama-server --dtype auto \
+    --llama-server PATH          # copy-heavy edits, each server with its speculative decoding (EDIT_*_FLAGS)
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,16 @@ from bench.contenders import (
     warm_caches,
 )
 from bench.report import OURS, OURS_OPENVINO, backend_ratios, decode_bound, table, targets
-from bench.workloads import RunResult, Workload, combine, load_average, model_workloads, tiny_workload
+from bench.workloads import (
+    RunResult,
+    Workload,
+    combine,
+    edit_dataset,
+    edit_workloads,
+    load_average,
+    model_workloads,
+    tiny_workload,
+)
 
 CONTENDERS = (
     "engine-server",
@@ -47,8 +58,12 @@ CONTENDERS = (
 )
 # The openvino pair needs .venv-openvino (scripts/setup makes it); `--contenders all` adds it to the default four.
 DEFAULT_CONTENDERS = CONTENDERS[:4]
-GROUPS = ("tiny", "gemma", "smollm2")
-BUILTIN = {"gemma": "gemma-3-270m", "smollm2": "smollm2-135m-instruct"}  # groups on a built-in model
+GROUPS = ("tiny", "gemma", "smollm2", "edit")
+# Groups on a built-in model.
+BUILTIN = {"gemma": "gemma-3-270m", "smollm2": "smollm2-135m-instruct", "edit": "smollm2-135m-instruct"}
+# Each server's own best for copy-heavy edits: prompt lookup (5 draft tokens from 3-grams of the prompt); llama.cpp's
+# n-gram drafts from the context (its default draft length, 16).
+EDIT_OPENVINO_FLAGS, EDIT_LLAMA_FLAGS = ("--prompt-lookup",), ("--spec-type", "ngram-simple")
 RawRunner = Callable[[str, list[tuple[Workload, int]], EngineSettings, Path], dict[str, Any]]
 
 
@@ -135,9 +150,10 @@ def run_group(
                     _say(f"proxy ready in {front.ready_s:.1f} s")
                     pair = Running(front.base_url, max(upstream.ready_s, front.ready_s), front.pgids + upstream.pgids)
                     bench.http("two-hop", pair, workloads, served_name)
-    if "raw-engine" in contenders:
+    random_only = [w for w in workloads if w.dataset is None]  # the raw drivers sample random prompts only
+    if "raw-engine" in contenders and random_only:
         _say(f"starting the raw engine on {group}")
-        bench.raw("raw engine", run_raw_engine, model, workloads)
+        bench.raw("raw engine", run_raw_engine, model, random_only)
     # A built-in model by its name, so that our server and the raw pipeline apply its defaults for it (int8 weights
     # under auto) and run the same export.
     ov_model, cache = _as_builtin(model, group)
@@ -149,10 +165,10 @@ def run_group(
             bench.http(OURS_OPENVINO, ov, workloads, served_name)
             if ov.export is not None:
                 bench.exports[group] = ov.export
-    if "raw-pipeline" in contenders:
+    if "raw-pipeline" in contenders and random_only:
         _say(f"starting the raw OpenVINO pipeline on {group}")
         runner = functools.partial(run_raw_pipeline, served_as=ov_model, cache_dir=cache)
-        bench.raw("raw pipeline", runner, model, workloads)
+        bench.raw("raw pipeline", runner, model, random_only)
     if "llama-server" in contenders and llama is not None and group in BUILTIN:
         # The GGUF the built-in model's package ships: what llama.cpp users would serve. The client samples its
         # prompts with our checkpoint's tokenizer, the same vocabulary.
@@ -203,7 +219,7 @@ def _as_builtin(model: str, group: str) -> tuple[str, Path | None]:
 def _package_gguf(group: str, work: Path) -> str:
     from model_prep import gemma, smollm2
 
-    return str((smollm2 if group == "smollm2" else gemma).gguf_file(work))
+    return str((gemma if BUILTIN[group] == "gemma-3-270m" else smollm2).gguf_file(work))
 
 
 def _builtin_model(name: str, cache_dir: Path | None) -> str:
@@ -222,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma list of {', '.join(CONTENDERS)}, or all (default: the first four)",
     )
     parser.add_argument(
-        "--workloads", default=None, help="comma list of tiny, gemma, smollm2 (default: tiny, gemma; --quick: tiny)"
+        "--workloads",
+        default=None,
+        help="comma list of tiny, gemma, smollm2, edit (default: tiny, gemma; --quick: tiny)",
     )
     parser.add_argument("--model", default=None, help="model for the tiny workload (default: the tiny test model)")
     parser.add_argument("--gemma-model", default=None, help="gemma-3-270m checkpoint dir (default: prepare it)")
@@ -267,7 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         run_group(bench, model, "tiny", sized([tiny_workload(model, args.quick)]), contenders, "tiny")
     for group in (g for g in groups if g in BUILTIN):
         model = (args.gemma_model if group == "gemma" else None) or _builtin_model(BUILTIN[group], args.cache_dir)
-        workloads = sized(model_workloads(group, model, args.quick))
+        if group == "edit":
+            workloads = sized(edit_workloads(model, edit_dataset(model, log_dir / "edit.jsonl")))
+            bench.settings = replace(settings, openvino_flags=EDIT_OPENVINO_FLAGS, llama_flags=EDIT_LLAMA_FLAGS)
+        else:
+            workloads = sized(model_workloads(group, model, args.quick))
+            bench.settings = settings
         run_group(bench, model, BUILTIN[group], workloads, contenders, group, args.llama_server)
     bench.print_table(f"final ({time.monotonic() - started:.0f} s, load now {load_average():.1f})")
     print(targets(bench.results), flush=True)

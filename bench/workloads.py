@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+ROOT = Path(__file__).resolve().parent.parent
 # The figures compared, keyed as vLLM's benchmark client names them in its result dict.
 METRICS = ("output_throughput", "request_throughput", "mean_ttft_ms", "p99_ttft_ms", "mean_tpot_ms")
 
@@ -18,6 +22,9 @@ class Workload:
     output_len: int
     concurrency: int
     num_prompts: int
+    # None: random token ids, input_len in and output_len out (ignore_eos). Else a JSONL of chat prompts, each with
+    # its own output_tokens (max_tokens), sent greedy, ending where the model ends them (edit_dataset writes it).
+    dataset: str | None = None
 
 
 @dataclass
@@ -63,4 +70,64 @@ def model_workloads(group: str, model: str, quick: bool) -> list[Workload]:
     return [
         Workload(f"{group} in128/out128 c1", model, 128, 128, 1, 2 if quick else 6),
         Workload(f"{group} in128/out128 c8", model, 128, 128, 8, 8 if quick else 32),
+    ]
+
+
+# Real text to return with one small change, output about as long as the input (issue 25's `edit`): code files of
+# this repository with one identifier renamed, and a passage of a license shipped here with one sentence reworded.
+CODE_EDITS = (
+    ("backends/json_grammar.py", "SchemaError", "SchemaProblem"),
+    ("backends/vllm_engine.py", "engine_args", "engine_arguments"),
+    ("engine_server/app.py", "create_app", "build_app"),
+    ("engine_server/protocol.py", "FieldError", "FieldProblem"),
+    ("engine_server/serving.py", "Prepared", "PreparedRequest"),
+    ("backends/registry.py", "Backend", "BackendEntry"),
+    ("engine_server/prefix_share.py", "Prefill", "PrefillInProgress"),
+)
+PASSAGE = ("licenses/SmolLM2-135M-Instruct.Apache-2.0.txt", "shall mean an individual or Legal Entity",
+           "means a person or a Legal Entity")  # fmt: skip
+EDIT_TOKENS = 700  # of text per prompt: prompt and answer fit the benchmark's 2,048-token context
+
+
+def code_edit_prompt(code: str, old: str, new: str) -> str:
+    ask = f"Rename `{old}` to `{new}` in this file. Answer with the whole file and nothing else.\n\n```python\n"
+    return ask + code + "```"
+
+
+def edit_prompts(tokenizer: Any, max_text_tokens: int = EDIT_TOKENS) -> list[tuple[str, int]]:
+    """(prompt, max_tokens) of each edit: each text cut at a line boundary to about max_text_tokens, max_tokens the
+    text's tokens + 64."""
+
+    def head(path: str) -> str:
+        lines, kept = (ROOT / path).read_text().splitlines(keepends=True), list[str]()
+        while lines and len(tokenizer.encode("".join([*kept, lines[0]]))) <= max_text_tokens:
+            kept.append(lines.pop(0))
+        return "".join(kept)
+
+    edits = [(code_edit_prompt(head(path), old, new), head(path)) for path, old, new in CODE_EDITS]
+    path, sentence, reworded = PASSAGE
+    passage = head(path)
+    ask = (
+        f"Reword the sentence that says `{sentence}` so that it says `{reworded}` instead. Answer with the whole "
+        "text and nothing else.\n\n"
+    )
+    edits.append((ask + passage, passage))
+    return [(prompt, len(tokenizer.encode(text)) + 64) for prompt, text in edits]
+
+
+def edit_dataset(model: str, out: Path) -> Path:
+    """The edits as the benchmark client's custom dataset (JSONL: prompt, output_tokens), on model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    rows = [{"prompt": prompt, "output_tokens": n} for prompt, n in edit_prompts(tokenizer)]
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return out
+
+
+def edit_workloads(model: str, dataset: Path) -> list[Workload]:
+    """One stream over half the edits (the client picks them by seed), four streams over all eight."""
+    return [
+        Workload("edit c1", model, 0, 0, 1, 4, str(dataset)),
+        Workload("edit c4", model, 0, 0, 4, len(CODE_EDITS) + 1, str(dataset)),
     ]

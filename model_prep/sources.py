@@ -106,10 +106,13 @@ def openvino_refusal(config: ModelSource) -> str | None:
 
 
 def _preferred_weights(config: ModelSource) -> str:
-    """A built-in model's measured fastest; a GGUF's own precision (4-bit: int4, 8-bit: int8, f16, f32); else fp16."""
+    """A built-in model's measured fastest (on this ISA, where backends.cpu_defaults says); a GGUF's own precision
+    (4-bit: int4, 8-bit: int8, f16, f32); else fp16."""
     name = config.builtin_model
     if name is not None:
-        return builtin_models.MODELS[name].openvino_weights
+        from backends import cpu_defaults
+
+        return cpu_defaults.for_cpu().openvino_weights or builtin_models.MODELS[name].openvino_weights
     gguf = gguf_model.find(str(config.model))
     return gguf_model.openvino_weights(gguf) if gguf is not None else "fp16"
 
