@@ -95,18 +95,20 @@ def code_edit_prompt(code: str, old: str, new: str) -> str:
 
 
 def edit_prompts(tokenizer: Any, max_text_tokens: int = EDIT_TOKENS) -> list[tuple[str, int]]:
-    """(prompt, max_tokens) of each edit: each text cut at a line boundary to about max_text_tokens, max_tokens the
-    text's tokens + 64."""
+    """(prompt, max_tokens) of each edit: each text whole lines of about max_text_tokens from a little before the
+    first line to change, max_tokens the text's tokens + 64."""
 
-    def head(path: str) -> str:
-        lines, kept = (ROOT / path).read_text().splitlines(keepends=True), list[str]()
+    def excerpt(path: str, needle: str) -> str:
+        lines = (ROOT / path).read_text().splitlines(keepends=True)
+        first = next(i for i, line in enumerate(lines) if needle in line)
+        lines, kept = lines[max(0, first - 20) :], list[str]()
         while lines and len(tokenizer.encode("".join([*kept, lines[0]]))) <= max_text_tokens:
             kept.append(lines.pop(0))
         return "".join(kept)
 
-    edits = [(code_edit_prompt(head(path), old, new), head(path)) for path, old, new in CODE_EDITS]
+    edits = [(code_edit_prompt(excerpt(path, old), old, new), excerpt(path, old)) for path, old, new in CODE_EDITS]
     path, sentence, reworded = PASSAGE
-    passage = head(path)
+    passage = excerpt(path, sentence)
     ask = (
         f"Reword the sentence that says `{sentence}` so that it says `{reworded}` instead. Answer with the whole "
         "text and nothing else.\n\n"
