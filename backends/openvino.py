@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import queue
+import secrets
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -36,12 +37,14 @@ from backends.base import (
     GenerateRequest,
     ModelInfo,
     ModelResolver,
+    SamplingOptions,
     StepOutput,
 )
 from backends.openvino_cache import KvCacheReport, engine_stats, kv_cache_report
+from backends.openvino_process import ConfigRecipe, InProcessPipeline, PipelineProcess, open_pipeline
 from backends.openvino_request import OpenVinoRequest, merge_outputs
-from backends.openvino_sampling import check_supported, generation_config, openvino_message, request_prompt_lookup
-from backends.openvino_settings import PipelineSettings, kv_cache_gib
+from backends.openvino_sampling import check_supported, openvino_message, request_prompt_lookup
+from backends.openvino_settings import PipelineSettings
 from backends.openvino_speculation import SequenceSpeculation, SpecDecodeCounts
 from backends.tokenizer import HfTokenizerMixin
 
@@ -107,7 +110,10 @@ class OpenVinoEngine(HfTokenizerMixin):
         # compiles, which releases the GIL: ready 0.9 s sooner.
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tokenizer") as pool:
             tokenizer = pool.submit(load_tokenizer, model, s.trust_remote_code)
-            self._pipe = open_pipeline(model, s, max_model_len)
+            if s.engine_process:
+                self._pipe = PipelineProcess(model, s, max_model_len)
+            else:
+                self._pipe = InProcessPipeline(open_pipeline(model, s, max_model_len))
             self._tokenizer = tokenizer.result()
         defaults = self._pipe.get_config()
         self._eos_token_id = int(defaults.eos_token_id)
@@ -125,18 +131,13 @@ class OpenVinoEngine(HfTokenizerMixin):
     def _warm_up(self) -> KvCacheReport:
         """One one-token request: compiles the first step's kernels now rather than in a user's request, and
         shows how many blocks the cache has (one block in use reads as 1/num_blocks)."""
-        import numpy as np
-        import openvino
-        import openvino_genai
-
-        config = openvino_genai.GenerationConfig()
-        config.max_new_tokens = 1
-        config.ignore_eos = True
-        if self.settings.prompt_lookup is not None:  # a prompt-lookup pipeline takes no request without drafts
-            config.num_assistant_tokens = self.settings.prompt_lookup.num_speculative_tokens
-            config.max_ngram_size = self.settings.prompt_lookup.max_ngram
-        prompt = openvino.Tensor(np.array([[self._eos_token_id]], dtype=np.int64))
-        handle = self._pipe.add_request(next(self._ids), prompt, config)  # dropping the handle stops the request
+        recipe = ConfigRecipe(
+            SamplingOptions(max_tokens=1, temperature=0.0, ignore_eos=True, seed=0),
+            self._eos_token_id,
+            frozenset(self._stop_token_ids),
+            self.settings.prompt_lookup,  # a prompt-lookup pipeline takes no request without drafts
+        )
+        handle = self._pipe.add_request(next(self._ids), [self._eos_token_id], recipe)  # dropping it stops it
         m = None
         while self._pipe.has_non_finished_requests():
             self._pipe.step()
@@ -164,7 +165,12 @@ class OpenVinoEngine(HfTokenizerMixin):
                         logger.exception("request %s failed", req.request.request_id)
                         req.handle.cancel()
                         self._finish(req, EngineError(f"the request failed: {exc}"))
-                self._flush(wait=len(self._outbox) >= WAIT_FOR_LOOP_FROM)
+                # In its own process the pipeline steps while the loop sends: nothing to wait for.
+                self._flush(wait=not self.settings.engine_process and len(self._outbox) >= WAIT_FOR_LOOP_FROM)
+        except EngineDeadError as exc:
+            logger.error("%s", exc)
+            self._dead = str(exc)
+            self._fail_all(EngineDeadError(self._dead))
         except Exception as exc:
             logger.exception("the OpenVINO pipeline failed")
             self._dead = f"the OpenVINO pipeline failed: {openvino_message(exc)}"
@@ -204,16 +210,12 @@ class OpenVinoEngine(HfTokenizerMixin):
                 self._cancel(req)
 
     def _add(self, req: OpenVinoRequest) -> None:
-        import numpy as np
-        import openvino
-
-        prompt = openvino.Tensor(np.array([req.request.prompt_token_ids], dtype=np.int64))
         req.pipeline_id = next(self._ids)
         if self.settings.prompt_lookup is not None:
             lookup = request_prompt_lookup(req.request.sampling, self.settings.prompt_lookup)
             req.speculation = SequenceSpeculation(req.request.prompt_token_ids, lookup, req.request.sampling.max_tokens)
         try:
-            req.handle = self._pipe.add_request(req.pipeline_id, prompt, req.config)
+            req.handle = self._pipe.add_request(req.pipeline_id, req.request.prompt_token_ids, req.recipe)
         except RuntimeError as exc:
             self._finish(req, EngineError(f"OpenVINO refused the request: {openvino_message(exc)}"))
             return
@@ -226,6 +228,9 @@ class OpenVinoEngine(HfTokenizerMixin):
 
     def _deliver(self, req: OpenVinoRequest) -> None:
         status = req.handle.get_status().name  # read before the outputs: nothing changes until the next step()
+        if status == "REFUSED":  # the engine process could not add it (backends.openvino_process)
+            self._finish(req, EngineError(f"OpenVINO refused the request: {req.handle.refusal}"))
+            return
         if status == "IGNORED":
             self._finish(req, EngineError("the KV cache cannot hold this request: raise --kv-cache-space"))
             return
@@ -274,8 +279,11 @@ class OpenVinoEngine(HfTokenizerMixin):
         s = request.sampling
         lookup = self.settings.prompt_lookup
         check_supported(s, self._vocab_size, lookup)
-        config = generation_config(s, self._eos_token_id, self._stop_token_ids, lookup)
-        req = OpenVinoRequest(request, config, self._tokenizer)
+        if s.seed is None:  # each request gets its own seed, fixed here so that the engine process uses the same
+            s = dataclasses.replace(s, seed=secrets.randbits(32))
+        recipe = ConfigRecipe(s, self._eos_token_id, frozenset(self._stop_token_ids), lookup)
+        req = OpenVinoRequest(request, recipe.build(), self._tokenizer)  # build() refuses what OpenVINO refuses
+        req.recipe = recipe
         self._by_id[request.request_id] = req
         self._commands.put(("add", req))
         try:
@@ -315,6 +323,9 @@ class OpenVinoEngine(HfTokenizerMixin):
             raise EngineNotReadyError("the engine is still starting")
         if not self._thread.is_alive():
             raise EngineDeadError("the OpenVINO stepping thread stopped")
+        ended = self._pipe.dead() if self._pipe is not None else None
+        if ended is not None:
+            raise EngineDeadError(ended)
 
     def stats(self) -> EngineStats:
         stats = engine_stats(self._metrics, self.kv_cache)
@@ -327,7 +338,9 @@ class OpenVinoEngine(HfTokenizerMixin):
         if thread is not None:
             self._commands.put(("stop", None))
             await asyncio.to_thread(thread.join)
-        self._pipe = None
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            await asyncio.to_thread(pipe.close)
 
 
 def _dispatch(batch: list[tuple[OpenVinoRequest, StepOutput | BaseException]], done: threading.Event | None) -> None:
@@ -336,38 +349,6 @@ def _dispatch(batch: list[tuple[OpenVinoRequest, StepOutput | BaseException]], d
     if done is not None:
         # Runs after the consumers woken above have written their chunks (callbacks run in order).
         asyncio.get_running_loop().call_soon(done.set)
-
-
-def open_pipeline(model: str, s: PipelineSettings, max_model_len: int) -> Any:
-    """The ContinuousBatchingPipeline for these settings (the benchmark's raw-pipeline contender uses it too)."""
-    import openvino_genai
-
-    scheduler = openvino_genai.SchedulerConfig()
-    scheduler.cache_size = kv_cache_gib(s, model, max_model_len)
-    scheduler.enable_prefix_caching = s.enable_prefix_caching
-    if s.dynamic_split_fuse is not None:
-        scheduler.dynamic_split_fuse = s.dynamic_split_fuse
-    if s.max_num_seqs is not None:
-        scheduler.max_num_seqs = s.max_num_seqs
-    if s.max_num_batched_tokens is not None:
-        scheduler.max_num_batched_tokens = s.max_num_batched_tokens
-    elif not scheduler.dynamic_split_fuse:
-        # Unsplit prompts must fit one step, or the scheduler drops them as out of memory.
-        scheduler.max_num_batched_tokens = max(scheduler.max_num_batched_tokens, max_model_len)
-    properties: dict[str, str | bool] = {}
-    if s.kv_cache_precision:
-        properties["KV_CACHE_PRECISION"] = s.kv_cache_precision
-    if s.inference_precision:
-        properties["INFERENCE_PRECISION_HINT"] = s.inference_precision
-    if s.enable_cpu_pinning is not None:
-        properties["ENABLE_CPU_PINNING"] = s.enable_cpu_pinning
-    if s.prompt_lookup is not None:
-        properties["prompt_lookup"] = True  # every request then needs num_assistant_tokens and max_ngram_size
-    logger.info("starting the OpenVINO pipeline on %s: %s %s", s.device, scheduler.to_string(), properties)
-    try:
-        return openvino_genai.ContinuousBatchingPipeline(model, scheduler, s.device, properties)
-    except RuntimeError as exc:
-        raise EngineError(f"OpenVINO could not load {model} on {s.device}: {openvino_message(exc)}") from None
 
 
 def load_tokenizer(model: str, trust_remote_code: bool = False) -> Any:

@@ -24,6 +24,7 @@ class OpenVinoRequest:
         s = request.sampling
         self.request = request
         self.config = config  # the GenerationConfig it is added with
+        self.recipe: Any = None  # what the pipeline builds that config from (backends.openvino_process)
         self.tokenizer = tokenizer
         self.stop_token_ids = frozenset(int(t) for t in config.stop_token_ids)
         self.detoks = [

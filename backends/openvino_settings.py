@@ -33,6 +33,7 @@ class PipelineSettings:
     max_model_len: int | None = None
     trust_remote_code: bool = False
     prompt_lookup: PromptLookup | None = None  # None: no speculative decoding
+    engine_process: bool = False  # the pipeline in a process of its own (backends.openvino_process)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class OpenVinoSettings:
     prompt_lookup: bool = False
     num_speculative_tokens: int = 5  # OpenVINO GenAI's prompt-lookup sample
     prompt_lookup_max_ngram: int = 3
+    engine_process: bool = False
     nnodes: int = 1
 
 
@@ -74,6 +76,7 @@ def pipeline_settings(config: OpenVinoSettings) -> PipelineSettings:
             if config.prompt_lookup
             else None
         ),
+        engine_process=config.engine_process,
     )
 
 

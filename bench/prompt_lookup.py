@@ -1,7 +1,7 @@
 """Prompt lookup (n-gram speculative decoding) against plain decoding on the raw OpenVINO pipeline, in one run.
 
 Runs in .venv-openvino. Two pipelines are built from our server's own flags (the same Config, export and
-`backends.openvino.open_pipeline`), one with --prompt-lookup, and are driven in turn, interleaved, on:
+`backends.openvino_process.open_pipeline`), one with --prompt-lookup, and are driven in turn, interleaved, on:
 - edit: a chat request to return one of this repository's own source files (about 300 lines) with one identifier
   renamed, greedy; the output is about as long as the input (max_tokens: the file's tokens + 64, or
   --edit-max-tokens);
@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="JSON file for all figures")
     args = parser.parse_args(argv)
 
-    from backends.openvino import load_tokenizer, open_pipeline
+    from backends.openvino import load_tokenizer
+    from backends.openvino_process import open_pipeline
     from backends.openvino_settings import pipeline_settings
     from backends.registry import settings_for
     from engine_server.cli import load_config

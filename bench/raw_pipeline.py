@@ -1,7 +1,7 @@
 """The openvino backend's ceiling: OpenVINO GenAI's ContinuousBatchingPipeline driven directly, no HTTP, no asyncio.
 
 Runs in .venv-openvino. The pipeline is built from our server's own flags (the same Config, model export and
-`backends.openvino.open_pipeline` the server uses), so only the serving layer is missing. The prompts arrive as
+`backends.openvino_process.open_pipeline` the server uses), so only the serving layer is missing. The prompts arrive as
 token ids: the caller samples them in the vLLM venv with vLLM's benchmark sampler and the chat template
 (`bench.raw_engine.sample_prompts`), as for the raw vLLM engine. One loop keeps up to `concurrency` requests in the
 pipeline, steps it, and reads each request's new tokens after every step (no detokenization: this is the ceiling).
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = args.t0 if args.t0 is not None else time.time()
 
     from backends.base import SamplingOptions
-    from backends.openvino import open_pipeline
+    from backends.openvino_process import open_pipeline
     from backends.openvino_sampling import generation_config
     from backends.openvino_settings import pipeline_settings
     from backends.registry import settings_for

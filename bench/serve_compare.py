@@ -13,6 +13,7 @@ import argparse
 import functools
 import itertools
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -35,7 +36,7 @@ from bench.contenders import (
     vllm_serve,
     warm_caches,
 )
-from bench.report import OURS, OURS_OPENVINO, backend_ratios, decode_bound, table, targets
+from bench.report import OURS, OURS_OPENVINO, OURS_OPENVINO_ALT, backend_ratios, decode_bound, table, targets
 from bench.workloads import (
     RunResult,
     Workload,
@@ -53,6 +54,7 @@ CONTENDERS = (
     "two-hop",
     "raw-engine",
     "engine-server-openvino",
+    "engine-server-openvino-alt",
     "raw-pipeline",
     "llama-server",
 )
@@ -78,6 +80,7 @@ class Bench:
         self.results: list[RunResult] = []
         self.workloads: list[Workload] = []
         self.exports: dict[str, Path] = {}  # group -> the OpenVINO IR our server ran
+        self.alt_flags: tuple[str, ...] = ()  # engine-server-openvino-alt's flags beyond the others'
 
     def http(self, contender: str, running: Running, workloads: list[Workload], served_name: str) -> None:
         for workload in workloads:
@@ -165,6 +168,13 @@ def run_group(
             bench.http(OURS_OPENVINO, ov, workloads, served_name)
             if ov.export is not None:
                 bench.exports[group] = ov.export
+    if "engine-server-openvino-alt" in contenders:
+        # The same server with other flags (--openvino-alt-flags), e.g. its engine in a process of its own.
+        alt = replace(bench.settings, openvino_flags=bench.settings.openvino_flags + bench.alt_flags)
+        _say(f"starting engine-server (openvino, {' '.join(bench.alt_flags)}) on {group}")
+        log = logs / f"ours-openvino-alt-{group}.log"
+        with our_server(ov_model, served_name, alt, log, "openvino", cache) as ov:
+            bench.http(OURS_OPENVINO_ALT, ov, workloads, served_name)
     if "raw-pipeline" in contenders and random_only:
         _say(f"starting the raw OpenVINO pipeline on {group}")
         runner = functools.partial(run_raw_pipeline, served_as=ov_model, cache_dir=cache)
@@ -255,6 +265,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--log-dir", type=Path, default=None, help="server and client logs (default: a temp dir)")
     parser.add_argument("--llama-server", default=None, help="llama.cpp's llama-server binary (contender llama-server)")
+    parser.add_argument(
+        "--openvino-flags",
+        default="",
+        help="more flags for our openvino server and the raw pipeline, e.g. '--engine-process' (the raw pipeline "
+        "runs in its own process anyway)",
+    )
+    parser.add_argument(
+        "--openvino-alt-flags",
+        default="--engine-process",
+        help="the flags that contender engine-server-openvino-alt adds (default: %(default)s)",
+    )
     return parser
 
 
@@ -270,8 +291,10 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error("the llama-server contender needs --llama-server PATH (bench/README.md: building it)")
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="bench-"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    settings = EngineSettings(args.dtype, args.kv_cache_space, args.max_model_len)
+    extra = tuple(shlex.split(args.openvino_flags))
+    settings = EngineSettings(args.dtype, args.kv_cache_space, args.max_model_len, openvino_flags=extra)
     bench = Bench(settings, log_dir, args.seed, args.repeat)
+    bench.alt_flags = tuple(shlex.split(args.openvino_alt_flags))
     _say(f"logs in {log_dir}; settings {asdict(settings)}; contenders {contenders}")
 
     def sized(workloads: list[Workload]) -> list[Workload]:
@@ -287,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         model = (args.gemma_model if group == "gemma" else None) or _builtin_model(BUILTIN[group], args.cache_dir)
         if group == "edit":
             workloads = sized(edit_workloads(model, edit_dataset(model, log_dir / "edit.jsonl")))
-            bench.settings = replace(settings, openvino_flags=EDIT_OPENVINO_FLAGS, llama_flags=EDIT_LLAMA_FLAGS)
+            bench.settings = replace(settings, openvino_flags=extra + EDIT_OPENVINO_FLAGS, llama_flags=EDIT_LLAMA_FLAGS)
         else:
             workloads = sized(model_workloads(group, model, args.quick))
             bench.settings = settings

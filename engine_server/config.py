@@ -144,6 +144,13 @@ class Config:
         "after it, down to 1; per request: prompt_lookup_max_ngram.",
         env=("ENGINE_SERVER_PROMPT_LOOKUP_MAX_NGRAM",),
     )
+    engine_process: bool = option(
+        False,
+        "Run the OpenVINO pipeline in a process of its own (openvino): its steps then never hold the server's "
+        "GIL, so chunks go out and requests come in while the engine steps. Off by default until it measures "
+        "faster (bench/README.md, server against raw pipeline).",
+        env=("ENGINE_SERVER_ENGINE_PROCESS",),
+    )
     block_size: int | None = option(
         None, "KV-cache block size in tokens (default: the backend's; 128 on Gaudi).", env=("BLOCK_SIZE",)
     )
