@@ -25,13 +25,15 @@ class CpuDefaults:
 ROWS = (
     CpuDefaults(
         "amx",
-        "bfloat16",
+        "float32",
         None,
         None,
         None,
-        "Intel Xeon with AMX, 2026-12: vLLM bf16 1.4-1.9x float32's tok/s; openvino's own bf16 compute kept (f32 "
-        "not compared there); before the fused export fp16 weights ran 1.07-1.18x int8's at 8 streams and level "
-        "at 1: int8 kept until bench.cpu_defaults runs there",
+        "Intel Xeon with AMX, 2026-12: vLLM bf16 ran 1.4-1.9x float32's tok/s, but its AMX attention kernel gave "
+        "the built-in SmolLM2 wrong text (greedy 'What is the capital of France?' answered in looping French, "
+        "2026-12-07), so vLLM serves float32 here (--dtype bfloat16 still runs); openvino's own bf16 compute "
+        "kept (f32 not compared there); before the fused export fp16 weights ran 1.07-1.18x int8's at 8 streams "
+        "and level at 1: int8 kept until bench.cpu_defaults runs there",
     ),
     CpuDefaults(
         "avx512_bf16",

@@ -89,9 +89,9 @@ class Config:
     )
     dtype: str = option(
         "auto",
-        "Weight and activation dtype: auto, float32, bfloat16, float16. auto on CPU picks bfloat16 where the CPU "
-        "computes it natively (AVX512-BF16 or AMX, 1.3-1.9x float32's speed) and float32 elsewhere, where emulated "
-        "bf16 is slower; on an AMX CPU whose kernel refuses AMX tile state it picks float32 and says why. On "
+        "Weight and activation dtype: auto, float32, bfloat16, float16. auto on vLLM CPU follows the CPU's row in "
+        "backends/cpu_defaults.py: bfloat16 on AVX512-BF16 (1.3-1.9x float32's speed), float32 on AMX (vLLM's AMX "
+        "attention gave the built-in model wrong text) and where bf16 is emulated and slower. On "
         "openvino, auto computes in f32 on CPUs without AMX (int8 weights on VNNI), elsewhere in the device's choice.",
         env=("ENGINE_SERVER_DTYPE",),
     )
