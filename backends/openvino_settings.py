@@ -53,7 +53,7 @@ class OpenVinoSettings:
     prompt_lookup: bool = False
     num_speculative_tokens: int = 5  # OpenVINO GenAI's prompt-lookup sample
     prompt_lookup_max_ngram: int = 3
-    engine_process: bool = False
+    engine_process: bool = True
     nnodes: int = 1
 
 

@@ -5,6 +5,8 @@ python -m bench.serve_compare                      # tiny, then gemma-3-270m at 
 python -m bench.serve_compare --contenders engine-server,vllm-serve --workloads tiny   # issue 2's comparison
 python -m bench.serve_compare --workloads edit --contenders engine-server-openvino,llama-server --dtype auto \
     --llama-server PATH          # copy-heavy edits, each server with its speculative decoding (EDIT_*_FLAGS)
+python -m bench.serve_compare --workloads 1b --contenders engine-server-openvino,raw-pipeline,llama-server \
+    --dtype auto --llama-server PATH   # a 1B-class model: our int8 / int4 exports against GGUF Q8_0 / Q4_0
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ CONTENDERS = (
 )
 # The openvino pair needs .venv-openvino (scripts/setup makes it); `--contenders all` adds it to the default four.
 DEFAULT_CONTENDERS = CONTENDERS[:4]
-GROUPS = ("tiny", "gemma", "smollm2", "edit")
+GROUPS = ("tiny", "gemma", "smollm2", "edit", "1b")
 # Groups on a built-in model.
 BUILTIN = {"gemma": "gemma-3-270m", "smollm2": "smollm2-135m-instruct", "edit": "smollm2-135m-instruct"}
 # Each server's own best for copy-heavy edits: prompt lookup (5 draft tokens from 3-grams of the prompt); llama.cpp's
@@ -131,7 +133,9 @@ def run_group(
     contenders: list[str],
     group: str,
     llama: str | None = None,
+    gguf: str | None = None,
 ) -> None:
+    """llama: the llama-server binary; gguf: the file it serves (default: the built-in model's package's)."""
     bench.workloads += workloads
     settings, logs = bench.settings, bench.log_dir
     warm_caches(model, openvino=any("openvino" in c or "pipeline" in c for c in contenders))
@@ -169,7 +173,7 @@ def run_group(
             if ov.export is not None:
                 bench.exports[group] = ov.export
     if "engine-server-openvino-alt" in contenders:
-        # The same server with other flags (--openvino-alt-flags), e.g. its engine in a process of its own.
+        # The same server with other flags (--openvino-alt-flags), e.g. its engine in a thread of its own.
         alt = replace(bench.settings, openvino_flags=bench.settings.openvino_flags + bench.alt_flags)
         _say(f"starting engine-server (openvino, {' '.join(bench.alt_flags)}) on {group}")
         log = logs / f"ours-openvino-alt-{group}.log"
@@ -179,10 +183,10 @@ def run_group(
         _say(f"starting the raw OpenVINO pipeline on {group}")
         runner = functools.partial(run_raw_pipeline, served_as=ov_model, cache_dir=cache)
         bench.raw("raw pipeline", runner, model, random_only)
-    if "llama-server" in contenders and llama is not None and group in BUILTIN:
+    if "llama-server" in contenders and llama is not None and (gguf is not None or group in BUILTIN):
         # The GGUF the built-in model's package ships: what llama.cpp users would serve. The client samples its
         # prompts with our checkpoint's tokenizer, the same vocabulary.
-        gguf = _package_gguf(group, logs / "gguf")
+        gguf = gguf or _package_gguf(group, logs / "gguf")
         _say(f"starting llama-server on {group} ({gguf})")
         with llama_server(llama, gguf, settings, logs / f"llama-server-{group}.log") as peer:
             bench.http("llama-server", peer, workloads, served_name)
@@ -239,6 +243,32 @@ def _builtin_model(name: str, cache_dir: Path | None) -> str:
     return str(prepare(cache_dir or Config().cache_dir, name, progress=_say))
 
 
+def run_1b(
+    bench: Bench,
+    settings: EngineSettings,
+    contenders: list[str],
+    args: argparse.Namespace,
+    sized: Callable[[list[Workload]], list[Workload]],
+) -> None:
+    """The 1B-class race: each OpenVINO weight format (our exporter) against its GGUF counterpart (llama.cpp's
+    converter and quantizer), on random 128 / 128 at 1 and 8 streams; workloads named 1b-int8, 1b-int4."""
+    from bench import llama1b
+    from bench.contenders import OPENVINO_PYTHON
+    from engine_server.config import Config
+
+    cache = args.cache_dir or Config().cache_dir
+    smollm2 = Path(_builtin_model(BUILTIN["smollm2"], args.cache_dir))
+    model = llama1b.checkpoint(cache / "bench", smollm2, _say)
+    _say(f"{llama1b.NAME}: {llama1b.describe(model)}")
+    for weights, quant in llama1b.FORMATS:
+        group = f"1b-{weights}"
+        ir = llama1b.openvino_export(model, cache, weights, OPENVINO_PYTHON, _say)
+        gguf = str(llama1b.gguf(model, args.llama_server, quant, _say)) if args.llama_server else None
+        bench.settings = settings
+        workloads = [replace(w, model=str(model)) for w in sized(model_workloads(group, str(ir), args.quick))]
+        run_group(bench, str(ir), llama1b.NAME, workloads, contenders, group, args.llama_server, gguf)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.serve_compare", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny workload only, 64 prompts: under 5 minutes")
@@ -250,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workloads",
         default=None,
-        help="comma list of tiny, gemma, smollm2, edit (default: tiny, gemma; --quick: tiny)",
+        help="comma list of tiny, gemma, smollm2, edit, 1b (default: tiny, gemma; --quick: tiny)",
     )
     parser.add_argument("--model", default=None, help="model for the tiny workload (default: the tiny test model)")
     parser.add_argument("--gemma-model", default=None, help="gemma-3-270m checkpoint dir (default: prepare it)")
@@ -268,13 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--openvino-flags",
         default="",
-        help="more flags for our openvino server and the raw pipeline, e.g. '--engine-process' (the raw pipeline "
-        "runs in its own process anyway)",
+        help="more flags for our openvino server and the raw pipeline, e.g. '--kv-cache-precision f16' (the raw "
+        "pipeline runs in its own process anyway)",
     )
     parser.add_argument(
         "--openvino-alt-flags",
-        default="--engine-process",
-        help="the flags that contender engine-server-openvino-alt adds (default: %(default)s)",
+        default="--no-engine-process",
+        help="the flags that contender engine-server-openvino-alt adds (default: %(default)s, the pipeline in a "
+        "thread of the server)",
     )
     return parser
 
@@ -315,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
             workloads = sized(model_workloads(group, model, args.quick))
             bench.settings = settings
         run_group(bench, model, BUILTIN[group], workloads, contenders, group, args.llama_server)
+    if "1b" in groups:
+        run_1b(bench, settings, contenders, args, sized)
     bench.print_table(f"final ({time.monotonic() - started:.0f} s, load now {load_average():.1f})")
     print(targets(bench.results), flush=True)
     print(backend_ratios(bench.results), flush=True)

@@ -24,7 +24,7 @@ def pair(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """One server per mode, started together (each compiles its pipeline on its own)."""
     started = {}
     try:
-        for mode, flags in {"thread": [], "process": ["--engine-process"]}.items():
+        for mode, flags in {"thread": ["--no-engine-process"], "process": []}.items():
             log = tmp_path_factory.mktemp("openvino-process") / f"{mode}.log"
             args = ["--hw-mode", "openvino", "--model", str(tiny_model), "--max-model-len", "2048"]
             args += ["--kv-cache-space", "1", "--served-model-name", "tiny", *flags]
