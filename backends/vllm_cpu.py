@@ -33,8 +33,8 @@ def resolve_dtype(dtype: str, native_bf16: bool, amx_refusal: str | None = None)
 
     auto picks bfloat16 where this CPU's row in backends.cpu_defaults says so (AVX512-BF16, where it ran 1.3-1.9x
     float32's speed); float32 on AMX, whose attention kernel gave wrong text, and where the CPU emulates bf16 (about
-    3x slower than float32). vLLM's bf16 kernels use AMX
-    tiles where the CPU has them, so without the kernel's permission bf16 would crash at the first request.
+    3x slower than float32). vLLM's bf16 kernels use AMX tiles where the CPU has them, so without the kernel's
+    permission bf16 would crash at the first request.
     """
     from backends import BackendUnavailableError
 

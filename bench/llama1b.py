@@ -88,7 +88,7 @@ def openvino_export(model: Path, cache_dir: Path, weight_format: str, python: Pa
         "print(out)"
     )
     cmd = [str(python), "-c", script, str(model), str(cache_dir), weight_format]
-    progress(f"exporting {NAME} to OpenVINO IR with {weight_format} weights (once; minutes on 2 cores)")
+    progress(f"exporting {model.name} to OpenVINO IR with {weight_format} weights (or finding it in the cache)")
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"the {weight_format} export of {model} failed ({done.returncode}); its output is above")
@@ -103,10 +103,10 @@ def gguf(model: Path, llama_server: str, quant: str, progress: Progress) -> Path
     for needed in (tree / "convert_hf_to_gguf.py", quantize):
         if not needed.is_file():
             raise FileNotFoundError(f"{needed} is missing: build llama-quantize beside llama-server (bench/README.md)")
-    full = model.parent / f"{NAME}-bf16.gguf"
-    out = model.parent / f"{NAME}-{quant}.gguf"
+    full = model.parent / f"{model.name}-bf16.gguf"
+    out = model.parent / f"{model.name}-{quant}.gguf"
     if not full.is_file():
-        progress(f"converting {NAME} to GGUF with llama.cpp's convert_hf_to_gguf.py")
+        progress(f"converting {model.name} to GGUF with llama.cpp's convert_hf_to_gguf.py")
         _run([sys.executable, str(tree / "convert_hf_to_gguf.py"), str(model), "--outtype", "bf16"],
              full, "--outfile")  # fmt: skip
     if not out.is_file():

@@ -173,7 +173,7 @@ def run_group(
             if ov.export is not None:
                 bench.exports[group] = ov.export
     if "engine-server-openvino-alt" in contenders:
-        # The same server with other flags (--openvino-alt-flags), e.g. its engine in a thread of its own.
+        # The same server with other flags (--openvino-alt-flags), e.g. the pipeline in a thread of the server.
         alt = replace(bench.settings, openvino_flags=bench.settings.openvino_flags + bench.alt_flags)
         _say(f"starting engine-server (openvino, {' '.join(bench.alt_flags)}) on {group}")
         log = logs / f"ours-openvino-alt-{group}.log"
