@@ -69,7 +69,10 @@ def test_seed_curl_lines(server: LiveServer, body: str) -> None:
     choice = data["choices"][0]
     text = choice["text"] if isinstance(json.loads(body)["messages"], str) else choice["message"]["content"]
     assert data["object"] == ("text_completion" if "text" in choice else "chat.completion")
-    assert data["usage"]["completion_tokens"] <= 17 and text
+    assert data["usage"]["completion_tokens"] <= 17
+    # The seed's lines sample (no temperature, no seed): the tiny model ends its answer at once about 1 time in 400
+    # (its end-of-sequence token drawn first). Any other answer has text.
+    assert text or choice["finish_reason"] == "stop", choice
 
 
 def test_chat_sync_stream_equals_non_stream_greedy(client: openai.OpenAI) -> None:
