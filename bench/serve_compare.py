@@ -259,7 +259,7 @@ def run_1b(
     from engine_server.config import Config
 
     cache = args.cache_dir or Config().cache_dir
-    smollm2 = Path(_builtin_model(BUILTIN["smollm2"], args.cache_dir))
+    smollm2 = Path(_builtin_model(BUILTIN["smollm2"], cache))
     model = llama1b.checkpoint(cache / "bench", smollm2, _say)
     _say(f"{llama1b.NAME}: {llama1b.describe(model)}")
     for weights, quant in llama1b.FORMATS:
@@ -267,7 +267,7 @@ def run_1b(
         ir = llama1b.openvino_export(model, cache, weights, OPENVINO_PYTHON, _say)
         gguf = str(llama1b.gguf(model, args.llama_server, quant, _say)) if args.llama_server else None
         bench.settings = settings
-        workloads = [replace(w, model=str(model)) for w in sized(model_workloads(group, str(ir), args.quick))]
+        workloads = sized(model_workloads(group, str(model), args.quick))  # the checkpoint's tokenizer samples
         run_group(bench, str(ir), llama1b.NAME, workloads, contenders, group, args.llama_server, gguf)
 
 
