@@ -32,8 +32,8 @@ SHAPE = {
 }
 DESCRIBED = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-# Each OpenVINO weight format against its GGUF counterpart (llama-quantize's type names).
-FORMATS = (("int8", "Q8_0"), ("int4", "Q4_0"))
+# (workload name, our export's weight format, its GGUF counterpart in llama-quantize's type names): Q4_0 is symmetric.
+FORMATS = (("int8", "int8", "Q8_0"), ("int4", "int4_sym", "Q4_0"))
 SEED = 1234
 Progress = Callable[[str], None]
 

@@ -262,8 +262,8 @@ def run_1b(
     smollm2 = Path(_builtin_model(BUILTIN["smollm2"], cache))
     model = llama1b.checkpoint(cache / "bench", smollm2, _say)
     _say(f"{llama1b.NAME}: {llama1b.describe(model)}")
-    for weights, quant in llama1b.FORMATS:
-        group = f"1b-{weights}"
+    for name, weights, quant in llama1b.FORMATS:
+        group = f"1b-{name}"
         ir = llama1b.openvino_export(model, cache, weights, OPENVINO_PYTHON, _say)
         gguf = str(llama1b.gguf(model, args.llama_server, quant, _say)) if args.llama_server else None
         bench.settings = settings

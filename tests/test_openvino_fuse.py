@@ -94,7 +94,7 @@ def _run(*args: str) -> dict[str, float]:
     return result
 
 
-@pytest.mark.parametrize("weight_format", ["fp16", "int8"])
+@pytest.mark.parametrize("weight_format", ["fp16", "int8", "int4", "int4_sym"])
 def test_a_fused_export_computes_the_same_logits_with_fewer_matmuls(
     tiny_model: Path, tmp_path: Path, weight_format: str
 ) -> None:

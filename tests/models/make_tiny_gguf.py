@@ -1,8 +1,8 @@
 """Write the tiny test Llama (make_tiny_model.py) as a GGUF file with the `gguf` package's writer, as llama.cpp's
-convert_hf_to_gguf.py lays it out: GPT-2-style byte-level BPE vocabulary, q/k rotary halves interleaved, and in Q8_0
-every matrix quantized while the norms stay F32.
+convert_hf_to_gguf.py lays it out: GPT-2-style byte-level BPE vocabulary, q/k rotary halves interleaved, and in Q8_0 or
+Q4_0 every matrix quantized while the norms stay F32.
 
-Usage: python tests/models/make_tiny_gguf.py CHECKPOINT_DIR OUT.gguf [F32|Q8_0]
+Usage: python tests/models/make_tiny_gguf.py CHECKPOINT_DIR OUT.gguf [F32|Q8_0|Q4_0]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
-FILE_TYPES = {"F32": 0, "Q8_0": 7}  # llama.cpp's general.file_type values
+FILE_TYPES = {"F32": 0, "Q4_0": 2, "Q8_0": 7}  # llama.cpp's general.file_type values
 BLOCK_TENSORS = {
     "input_layernorm": "attn_norm",
     "post_attention_layernorm": "ffn_norm",
@@ -87,12 +87,9 @@ def write(checkpoint: Path, out: Path, kind: str = "F32") -> Path:
         if projection in heads:
             data = permute(data, heads[projection])
         data = np.ascontiguousarray(data, dtype=np.float32)
-        if kind == "Q8_0" and data.ndim == 2:
-            writer.add_tensor(
-                gguf_name(name),
-                quantize(data, gguf.GGMLQuantizationType.Q8_0),
-                raw_dtype=gguf.GGMLQuantizationType.Q8_0,
-            )
+        if kind != "F32" and data.ndim == 2:
+            quant = gguf.GGMLQuantizationType[kind]
+            writer.add_tensor(gguf_name(name), quantize(data, quant), raw_dtype=quant)
         else:
             writer.add_tensor(gguf_name(name), data)
     writer.write_header_to_file()
