@@ -30,13 +30,14 @@ Progress = Callable[[str], None]
 
 # Bump when the export changes what it writes, so caches made by older code are rebuilt, not served.
 # 2: projections that read the same input are fused into one matmul (model_prep/openvino_fuse.py).
-VERSION = 2
+# 3: int4 exports are fused too.
+VERSION = 3
 MARKER = "engine-server-export.json"
 IR_FILE = "openvino_model.xml"
 # ContinuousBatchingPipeline needs the tokenizer as OpenVINO models too: for stop strings and structured output.
 REQUIRED = (IR_FILE, "openvino_model.bin", "openvino_tokenizer.xml", "openvino_detokenizer.xml", "config.json")
 # int4 is asymmetric (a zero point per group of 128, as GGUF's Q4_1 and Q4_K); int4_sym has no zero points (as Q4_0):
-# the same bytes less the zero points, and 5-10% less time per decode step on CPU (bench/README.md).
+# the same bytes less the zero points, and a few percent less time per decode step on CPU (bench/README.md).
 WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4", "int4_sym")
 
 
