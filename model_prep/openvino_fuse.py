@@ -18,6 +18,7 @@ at export time (`python -m model_prep.openvino_fuse DIR`), so its peak memory do
 
 from __future__ import annotations
 
+import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -72,7 +73,7 @@ def _signature(node: Any) -> tuple[Any, ...] | None:
         element = node.get_output_element_type(0).get_type_name()
         if len(shape) > 3 or element not in CONSTANT_TYPES | PACKED_TYPES:
             return None
-        if element in PACKED_TYPES and (len(shape) < 2 or _prod(shape[1:]) % 2):
+        if element in PACKED_TYPES and (len(shape) < 2 or math.prod(shape[1:]) % 2):
             return None
         return (kind, element, len(shape), *shape[2:])  # grouped: the same group size
     if kind == "Reshape":  # a grouped weight back to [out, in]: only its data input is a chain
@@ -85,13 +86,6 @@ def _signature(node: Any) -> tuple[Any, ...] | None:
     if any(i is None for i in inputs):
         return None
     return (kind, node.get_output_element_type(0).get_type_name(), *inputs)
-
-
-def _prod(values: tuple[int, ...]) -> int:
-    product = 1
-    for v in values:
-        product *= int(v)
-    return product
 
 
 def _concat(nodes: list[Any], rows: list[int]) -> Any:
